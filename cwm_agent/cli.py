@@ -50,9 +50,14 @@ def setup(
 
 
 def _register() -> None:
-    from cwm_agent.sandbox.cli import app as sandbox_app
+    """Each part adds its own commands; see the `register` function of each `cli` module."""
+    from cwm_agent.agent import cli as agent_cli
+    from cwm_agent.benchmarks.swebench import cli as swebench_cli
+    from cwm_agent.model import cli as model_cli
+    from cwm_agent.sandbox import cli as sandbox_cli
 
-    app.add_typer(sandbox_app, name="sandbox", help="Manage sandboxes (containers) made by cwm-agent.")
+    for part in (model_cli, agent_cli, sandbox_cli, swebench_cli):
+        part.register(app)
 
 
 _register()

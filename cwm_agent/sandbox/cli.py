@@ -1,7 +1,9 @@
-"""`cwm-agent sandbox ...` commands."""
+"""Commands of cwm_agent.sandbox, added to the `cwm-agent` app by `register`."""
 
 from __future__ import annotations
 
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+
+def register(app: typer.Typer) -> None:
+    """Add this part's commands to the top-level app."""
