@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from cwm_agent.sandbox.base import SandboxError
 
 BASE_IMAGE = "cwm-agent/base:bookworm"
-"""The project's default sandbox image: Debian with bash, git, python3, python3-venv, patch."""
+"""The project's default sandbox image: Debian with bash, git, python3 (+ venv, pytest), patch."""
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 CA_PATH_IN_IMAGE = "/usr/local/share/cwm-agent/host-ca.crt"
 
@@ -29,7 +29,7 @@ _BASE_DOCKERFILE = """\
 FROM {root}
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
 RUN apt-get update \\
- && apt-get install -y --no-install-recommends bash coreutils procps git python3 python3-venv patch ca-certificates \\
+ && apt-get install -y --no-install-recommends bash coreutils procps git python3 python3-venv python3-pytest patch ca-certificates \\
  && rm -rf /var/lib/apt/lists/*
 RUN git config --system user.email agent@cwm-agent.invalid \\
  && git config --system user.name cwm-agent \\
