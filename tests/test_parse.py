@@ -1,0 +1,134 @@
+"""Reply parsing: what the loop executes, and what the model is told when a reply is malformed."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from cwm_agent.prompts.parse import (
+    EmptyToolBody,
+    FormatError,
+    MalformedToolCall,
+    MissingThinkEnd,
+    MultipleThinkEnd,
+    MultipleToolCalls,
+    NoToolCall,
+    ToolCall,
+    UnexpectedThinkStart,
+    UnknownTool,
+    parse_reply,
+    render_tool_call,
+)
+
+EDIT_BODY = "src/app.py\n<<<<<<< SEARCH\n    x = 1\n=======\n    x = 2\n>>>>>>> REPLACE"
+
+
+def test_thinking_response_and_call_are_split():
+    reply = f"Let me fix it.\n</think>\nApplying the fix.\n\n<tool: edit>\n{EDIT_BODY}\n</tool>\n"
+    parsed = parse_reply(reply)
+    assert parsed.thinking == "Let me fix it.\n"
+    assert parsed.response.startswith("Applying the fix.") and parsed.response.endswith("</tool>")
+    assert parsed.tool_call == ToolCall(name="edit", body=EDIT_BODY)
+
+
+def test_body_whitespace_is_kept_exactly():
+    body = "  cd /testbed\n\tls -la  \n"
+    parsed = parse_reply(f"t</think>{render_tool_call('bash', body)}")
+    assert parsed.tool_call.body == body
+
+
+def test_final_response_without_a_call_is_returned_without_one():
+    parsed = parse_reply("done\n</think>\n## Issue Summary\n\nFixed.\n")
+    assert parsed.tool_call is None and parsed.response == "## Issue Summary\n\nFixed."
+    with pytest.raises(NoToolCall) as err:
+        parse_reply("done\n</think>\nall good", require_tool_call=True)
+    assert "exactly one tool" in str(err.value)
+
+
+def test_reasoning_off_parses_the_whole_reply():
+    parsed = parse_reply("<tool: bash>\npwd\n</tool>", reasoning=False)
+    assert parsed.thinking is None and parsed.tool_call.name == "bash"
+    # </think> means nothing without reasoning: no error for it.
+    assert parse_reply("a</think>b", reasoning=False).response == "a</think>b"
+
+
+@pytest.mark.parametrize(
+    "reply, error, fragment",
+    [
+        ("no close <tool: bash>\nls\n</tool>", MissingThinkEnd, "</think>"),
+        ("a</think>b</think><tool: bash>\nls\n</tool>", MultipleThinkEnd, "2 times"),
+        ("a</think><think>\nmore</think>", MultipleThinkEnd, "2 times"),
+        ("a</think>\n<think>\nagain\n<tool: bash>\nls\n</tool>", UnexpectedThinkStart, "<think>"),
+        ("a</think><tool: bash>\nls\n</tool><tool: submit>\np\n</tool>", MultipleToolCalls, "bash, submit"),
+        ("a</think><tool: bash>ls</tool>", MalformedToolCall, "1 '<tool:' opening"),
+        ("a</think><tool: bash>\nls\n", MalformedToolCall, "0 '</tool>' closing"),
+        ("a</think><tool: bash>\nls\n</tool>\nsee </tool>", MalformedToolCall, "2 '</tool>'"),
+        ("a</think><tool: run-tests>\nx\n</tool>", MalformedToolCall, "letters and underscores"),
+        ("a</think><tool: bash>\n \n</tool>", EmptyToolBody, "<tool: bash>"),
+        ("a</think><tool: bash>\n\n</tool>", EmptyToolBody, "bash"),
+    ],
+)
+def test_each_malformed_reply_raises_its_typed_error(reply, error, fragment):
+    with pytest.raises(error) as err:
+        parse_reply(reply)
+    assert fragment in err.value.message
+    assert err.value.feedback() == f"{error.kind}: {err.value.message}"
+    assert error.kind == error.__name__ and isinstance(err.value, ValueError)
+
+
+def test_unknown_tool_only_when_the_allowed_list_is_given():
+    reply = "a</think><tool: python>\nprint(1)\n</tool>"
+    assert parse_reply(reply).tool_call.name == "python"
+    with pytest.raises(UnknownTool) as err:
+        parse_reply(reply, allowed_tools=["bash", "submit"])
+    assert "'python'" in err.value.message and "bash, submit" in err.value.message
+
+
+# ---- property-based: no input crashes the parser; valid calls round-trip ------------------
+
+FRAGMENTS = [
+    "<tool: ", "<tool:", "</tool>", "<tool: bash>", "</think>", "<think>", "<think>\n", ">", "<",
+    "\n", "\n\n", " ", "\t", "bash", "submit", "edit", "my_tool", "ls -la", "<<<<<<< SEARCH",
+    "=======", ">>>>>>> REPLACE", "<|eot_id|>", "é", "\r\n", "\x00",
+]
+fragment_text = st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=5), max_size=25).map("".join)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.text(), fragment_text), st.booleans(), st.booleans(), st.booleans())
+def test_no_input_crashes_the_parser(text, reasoning, restrict, require):
+    allowed = ["bash", "edit", "create", "submit"] if restrict else None
+    try:
+        parsed = parse_reply(text, reasoning, allowed_tools=allowed, require_tool_call=require)
+    except FormatError as err:
+        assert err.kind and err.message and err.feedback().startswith(err.kind + ": ")
+        return
+    if reasoning:
+        assert text.count("</think>") == 1 and parsed.thinking is not None
+    action = text.split("</think>", 1)[1] if reasoning else text
+    if parsed.tool_call is None:
+        assert "<tool:" not in action and "</tool>" not in action and not require
+    else:
+        assert action.count("<tool:") == 1 and action.count("</tool>") == 1
+        assert parsed.tool_call.body.strip()
+        assert render_tool_call(parsed.tool_call.name, parsed.tool_call.body) in action
+
+
+tool_names = st.from_regex(r"[A-Za-z_]{1,12}", fullmatch=True)
+bodies = st.text(min_size=1).filter(
+    lambda b: b.strip() and "<tool:" not in b and "</tool>" not in b and "</think>" not in b
+)
+free_text = st.text().filter(
+    lambda t: "<tool:" not in t and "</tool>" not in t and "</think>" not in t and "<think>" not in t
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(tool_names, bodies, free_text, free_text, free_text)
+def test_rendered_calls_round_trip(name, body, thinking, before, after):
+    reply = f"{thinking}</think>{before}{render_tool_call(name, body)}{after}"
+    parsed = parse_reply(reply)
+    assert parsed.tool_call == ToolCall(name=name, body=body)
+    assert parsed.thinking == thinking
+    no_think = parse_reply(f"{before}{render_tool_call(name, body)}{after}", reasoning=False)
+    assert no_think.tool_call == ToolCall(name=name, body=body)
