@@ -13,6 +13,7 @@ from cwm_agent.prompts.parse import (
     MultipleThinkEnd,
     MultipleToolCalls,
     NoToolCall,
+    TOOL_CALL_RE,
     ToolCall,
     UnexpectedThinkStart,
     UnknownTool,
@@ -35,6 +36,13 @@ def test_body_whitespace_is_kept_exactly():
     body = "  cd /testbed\n\tls -la  \n"
     parsed = parse_reply(f"t</think>{render_tool_call('bash', body)}")
     assert parsed.tool_call.body == body
+
+
+def test_think_tags_inside_a_tool_body_are_not_a_stray_opening():
+    body = "grep -rn '<think>' src/"
+    assert parse_reply(f"t</think>{render_tool_call('bash', body)}").tool_call.body == body
+    with pytest.raises(UnexpectedThinkStart):
+        parse_reply(f"t</think><think>\n{render_tool_call('bash', body)}")
 
 
 def test_final_response_without_a_call_is_returned_without_one():
@@ -103,9 +111,10 @@ def test_no_input_crashes_the_parser(text, reasoning, restrict, require):
     except FormatError as err:
         assert err.kind and err.message and err.feedback().startswith(err.kind + ": ")
         return
+    action = text.split("</think>", 1)[1] if reasoning else text
     if reasoning:
         assert text.count("</think>") == 1 and parsed.thinking is not None
-    action = text.split("</think>", 1)[1] if reasoning else text
+        assert "<think>" not in TOOL_CALL_RE.sub("", action)
     if parsed.tool_call is None:
         assert "<tool:" not in action and "</tool>" not in action and not require
     else:

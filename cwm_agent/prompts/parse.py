@@ -105,12 +105,17 @@ def _split_thinking(text: str) -> tuple[str, str]:
             f"with {THINK_END} and do not write that tag anywhere else."
         )
     thinking, action = text.split(THINK_END, 1)
-    if "<think>" in action:
+    return thinking, action
+
+
+def _check_no_think_start(action: str) -> None:
+    # A tool body may legitimately mention the tag (grep for it, write a file with it);
+    # only the visible response around the call must not reopen reasoning.
+    if "<think>" in TOOL_CALL_RE.sub("", action):
         raise UnexpectedThinkStart(
             f"Your reply opens a new <think> block after {THINK_END}. Put all reasoning before "
             f"{THINK_END}; after it write only your response and at most one tool call."
         )
-    return thinking, action
 
 
 def _find_call(action: str, allowed_tools: Iterable[str] | None) -> ToolCall | None:
@@ -157,7 +162,7 @@ def parse_reply(
     """Parse a reply as the server returned it (the prompt ended with `<think>\\n` in reasoning mode).
 
     Reasoning on: exactly one `</think>`; the action is what follows it and must not open
-    another `<think>`. The action holds at most one `<tool: NAME>\\nBODY\\n</tool>` call, no
+    another `<think>` outside the tool call's body. The action holds at most one `<tool: NAME>\\nBODY\\n</tool>` call, no
     stray tool tags, and a non-blank body. A reply without any call comes back with
     `tool_call=None` (a final response) unless `require_tool_call`, which raises NoToolCall.
     Raises only `FormatError` subclasses.
@@ -167,6 +172,8 @@ def parse_reply(
     if reasoning:
         thinking, action = _split_thinking(text)
     call = _find_call(action, allowed_tools)
+    if reasoning:
+        _check_no_think_start(action)
     if call is None and require_tool_call:
         raise NoToolCall(
             "Your reply contains no tool call. Until your work is submitted, every step must "
