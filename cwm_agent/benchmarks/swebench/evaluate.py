@@ -1,0 +1,258 @@
+"""Evaluation: each prediction in a fresh container from the untouched instance image.
+
+Per instance, as the official harness does: apply the model patch (`git apply`, then `patch` with
+fuzz), run the eval script (the test patch is applied by the script itself), keep the test log, and
+grade it. Files per instance under OUT/<instance_id>/: patch.diff, apply.log, eval.sh,
+test_output.txt, report.json (official schema, only when the tests ran), result.json (our outcome
+record, written last: its presence means the instance is done). OUT/report.json is the run summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+from pydantic import BaseModel
+
+from cwm_agent.benchmarks.swebench.dataset import Prediction, SWEBenchInstance
+from cwm_agent.benchmarks.swebench.grading import EMPTY_PATCH, ERROR, RESOLVED, UNRESOLVED, grade, make_summary
+from cwm_agent.benchmarks.swebench.images import REPO_DIR, resolve_image
+from cwm_agent.benchmarks.swebench.spec import EvalSpec, make_eval_spec
+from cwm_agent.sandbox.base import SandboxConfig, SandboxError
+
+# The official harness's order (swebench.harness.run_evaluation.GIT_APPLY_CMDS).
+APPLY_COMMANDS = ["git apply --verbose", "git apply --verbose --reject", "patch --batch --fuzz=5 -p1 -i"]
+PATCH_PATH = "/tmp/patch.diff"
+EVAL_SCRIPT_PATH = "/eval.sh"
+TEST_OUTPUT_PATH = "/tmp/test_output.txt"
+
+
+class EvalOptions(BaseModel):
+    """How to evaluate. Defaults match the published CWM setup (600 s, no network)."""
+
+    timeout: float = 600.0
+    """Seconds the eval script may run before the instance counts as an error."""
+    network: Literal["none", "host"] = "none"
+    """Network of the evaluation containers."""
+    pip_no_index: bool | None = None
+    """Tell pip there is no package index (PIP_NO_INDEX=1). None: on when the network is `none`, where
+    pip would otherwise spend seconds retrying an unreachable index in install steps."""
+    registry_prefix: str | None = None
+    """Registry mirror to pull official images from (with allow_pull)."""
+    allow_pull: bool = False
+    """Pull missing images from a registry."""
+    memory: str = "8g"
+    cpus: float = 2.0
+    run_id: str = "swebench-eval"
+    rerun: bool = False
+    """Evaluate instances again even when OUT/<id>/result.json says they are done."""
+
+
+@dataclass
+class InstanceResult:
+    """The outcome of one prediction."""
+
+    instance_id: str
+    outcome: str
+    """resolved | unresolved | empty_patch | error"""
+    error: str = ""
+    image: str = ""
+    total_s: float = 0.0
+    test_run_s: float = 0.0
+    """Seconds the eval script ran in the container (the rest of total_s is harness overhead)."""
+    apply_command: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write whole or not at all: a reader never sees a half-written file under the final name."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _sandbox_config(image: str, options: EvalOptions) -> SandboxConfig:
+    no_index = options.pip_no_index if options.pip_no_index is not None else options.network == "none"
+    env = {"PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"} if no_index else {}
+    return SandboxConfig(
+        image=image, workdir=REPO_DIR, network=options.network, memory=options.memory, cpus=options.cpus,
+        command_timeout=options.timeout, env=env, output_cap_bytes=1_000_000, run_id=options.run_id,
+    )
+
+
+def _make_sandbox(config: SandboxConfig, client):
+    from cwm_agent.sandbox.docker import DockerSandbox
+
+    return DockerSandbox(config, client)
+
+
+def evaluate_instance(
+    instance: SWEBenchInstance,
+    model_patch: str | None,
+    out_dir: Path,
+    options: EvalOptions | None = None,
+    client=None,
+    spec: EvalSpec | None = None,
+) -> InstanceResult:
+    """Evaluate one patch against one instance; writes the instance's files under `out_dir`/<id>/."""
+    from swebench.harness.constants import APPLY_PATCH_FAIL, APPLY_PATCH_PASS
+
+    from cwm_agent.sandbox.base import RunStatus
+
+    options = options or EvalOptions()
+    started = time.monotonic()
+    inst_dir = out_dir / instance.instance_id
+    inst_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("report.json", "result.json", "test_output.txt", "apply.log"):
+        (inst_dir / stale).unlink(missing_ok=True)
+    result = InstanceResult(instance.instance_id, ERROR)
+
+    def finish() -> InstanceResult:
+        result.total_s = round(time.monotonic() - started, 3)
+        _write(inst_dir / "result.json", json.dumps(asdict(result), indent=2) + "\n")
+        return result
+
+    _write(inst_dir / "patch.diff", model_patch or "")
+    try:
+        spec = spec or make_eval_spec(instance)
+    except ValueError as exc:
+        result.error = str(exc)
+        return finish()
+    _write(inst_dir / "eval.sh", spec.eval_script)
+
+    if not model_patch or not model_patch.strip():
+        # Officially an empty patch is not run at all; it counts apart from resolved/unresolved.
+        result.outcome = EMPTY_PATCH
+        return finish()
+
+    if client is None:
+        from cwm_agent.sandbox.images import docker_client
+
+        client = docker_client()
+    apply_log: list[str] = []
+    try:
+        result.image = resolve_image(instance, client, options.registry_prefix, options.allow_pull)
+        t0 = time.monotonic()
+        with _make_sandbox(_sandbox_config(result.image, options), client) as sandbox:
+            result.timings["start_s"] = round(time.monotonic() - t0, 3)
+            sandbox.write_file(PATCH_PATH, model_patch.encode("utf-8"))
+            t1 = time.monotonic()
+            for command in APPLY_COMMANDS:
+                run = sandbox.run(f"cd {REPO_DIR} && {command} {PATCH_PATH}", timeout=120)
+                apply_log.append(f"$ {command} {PATCH_PATH}\n{run.output}\n(exit {run.exit_code})\n")
+                if run.exit_code == 0:
+                    result.apply_command = command
+                    break
+            result.timings["apply_s"] = round(time.monotonic() - t1, 3)
+            if not result.apply_command:
+                apply_log.append(f"{APPLY_PATCH_FAIL}\n")
+                _write(inst_dir / "apply.log", "".join(apply_log))
+                result.error = f"{APPLY_PATCH_FAIL}: the patch applies neither with git apply nor with patch (see apply.log)"
+                return finish()
+            apply_log.append(f"{APPLY_PATCH_PASS}\n")
+            _write(inst_dir / "apply.log", "".join(apply_log))
+
+            sandbox.write_file(EVAL_SCRIPT_PATH, spec.eval_script.encode("utf-8"), mode=0o755)
+            run = sandbox.run(f"/bin/bash {EVAL_SCRIPT_PATH} > {TEST_OUTPUT_PATH} 2>&1", timeout=options.timeout)
+            result.test_run_s = round(run.elapsed, 3)
+            timed_out = run.status == RunStatus.TIMEOUT
+            try:
+                log = sandbox.read_file(TEST_OUTPUT_PATH).decode("utf-8", errors="replace")
+            except (FileNotFoundError, SandboxError):
+                log = ""
+            if timed_out:
+                log += f"\n\nTimeout error: {options.timeout:g} seconds exceeded.\n"
+            _write(inst_dir / "test_output.txt", log)
+            t2 = time.monotonic()
+        result.timings["close_s"] = round(time.monotonic() - t2, 3)
+        if timed_out:
+            result.error = f"Tests timed out after {options.timeout:g} seconds."
+            return finish()
+        report = grade(spec, model_patch, log)
+        _write(inst_dir / "report.json", json.dumps(report, indent=4) + "\n")
+        entry = report[instance.instance_id]
+        if not entry["patch_successfully_applied"]:
+            result.error = "The eval script did not reach the tests (test patch failed or script died); see test_output.txt."
+        else:
+            result.outcome = RESOLVED if entry["resolved"] else UNRESOLVED
+        return finish()
+    except SandboxError as exc:
+        if apply_log:
+            _write(inst_dir / "apply.log", "".join(apply_log))
+        result.error = str(exc)
+        return finish()
+
+
+def load_done(out_dir: Path, instance_id: str) -> InstanceResult | None:
+    """The recorded outcome of an instance evaluated earlier (errors are evaluated again)."""
+    path = out_dir / instance_id / "result.json"
+    try:
+        data = json.loads(path.read_text())
+        done = InstanceResult(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+    return done if done.outcome != ERROR else None
+
+
+def evaluate_predictions(
+    instances: list[SWEBenchInstance],
+    predictions: list[Prediction],
+    out_dir: Path,
+    workers: int = 1,
+    options: EvalOptions | None = None,
+    on_result: Callable[[InstanceResult], None] | None = None,
+) -> tuple[dict, list[InstanceResult]]:
+    """Evaluate every prediction whose instance is in `instances`, `workers` at a time.
+
+    Returns (the official summary, the per-instance results); the summary is also OUT/report.json.
+    """
+    options = options or EvalOptions()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_id = {inst.instance_id: inst for inst in instances}
+    todo = [p for p in predictions if p.instance_id in by_id]
+    results: dict[str, InstanceResult] = {}
+    client = None
+
+    def one(pred: Prediction) -> InstanceResult:
+        if not options.rerun:
+            done = load_done(out_dir, pred.instance_id)
+            if done is not None:
+                return done
+        return evaluate_instance(by_id[pred.instance_id], pred.model_patch, out_dir, options, client)
+
+    if any(p.model_patch and p.model_patch.strip() for p in todo):
+        from cwm_agent.sandbox.images import docker_client
+
+        client = docker_client()
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="swebench-eval") as pool:
+        futures = [pool.submit(one, p) for p in todo]
+        try:
+            for future in as_completed(futures):
+                res = future.result()
+                results[res.instance_id] = res
+                if on_result:
+                    on_result(res)
+        except BaseException:
+            # Ctrl-C: queued instances never start; running ones finish and remove their containers.
+            for f in futures:
+                f.cancel()
+            raise
+        finally:
+            summary = make_summary(
+                [i.instance_id for i in instances], [p.instance_id for p in todo],
+                {k: r.outcome for k, r in results.items()},
+            )
+            _write(out_dir / "report.json", json.dumps(summary, indent=4) + "\n")
+    ordered = [results[p.instance_id] for p in todo if p.instance_id in results]
+    return summary, ordered
+
+
+def gold_predictions(instances: list[SWEBenchInstance], model_name: str = "gold") -> list[Prediction]:
+    """The dataset's own patches as predictions (the sanity check to run first)."""
+    return [Prediction(instance_id=i.instance_id, model_name_or_path=model_name, model_patch=i.patch) for i in instances]
