@@ -1,0 +1,676 @@
+"""A scripted OpenAI-compatible server (vLLM-shaped) for tests and demos; standard library only.
+
+It serves real HTTP on 127.0.0.1: GET /v1/models, GET /health, POST /v1/completions,
+POST /v1/chat/completions, POST /tokenize and POST /detokenize. Replies come from a script (in
+order) or a policy function. Every request is recorded; faults (latency, HTTP errors, dropped
+connections, truncated replies) can be scripted or injected; token counts come from a simple
+deterministic tokenizer, and `usage.prompt_tokens_details.cached_tokens` is what vLLM's prefix
+cache would hit: the longest token prefix shared with an earlier prompt + reply.
+
+Run standalone: `python -m cwm_agent.model.scripted_server --replies FILE --port N` (FILE: a JSON
+or YAML list of replies, each a string or a mapping as `parse_entry` accepts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal
+
+# Special tokens with CWM's ids; any other <|...|> piece gets a fresh id above them.
+SPECIAL_IDS = {
+    "<|begin_of_text|>": 128000,
+    "<|end_of_text|>": 128001,
+    "<|pad|>": 128004,
+    "<|start_header_id|>": 128006,
+    "<|end_header_id|>": 128007,
+    "<|eom_id|>": 128008,
+    "<|eot_id|>": 128009,
+}
+# A special token, a word, or any single other character (whitespace included): simple and
+# deterministic, and like a real tokenizer it can split differently across a concatenation point.
+_PIECE_RE = re.compile(r"<\|[A-Za-z0-9_:. -]{1,64}\|>|\w+|.", re.DOTALL)
+VLLM_DEFAULT_MAX_TOKENS = 16
+
+FaultKind = Literal["status", "drop", "truncate", "malformed", "latency"]
+
+
+@dataclass
+class Reply:
+    """A scripted reply: the model's text before any stop string; `latency` seconds before answering."""
+
+    text: str
+    finish_reason: str = "stop"
+    latency: float = 0.0
+
+
+@dataclass
+class Fault:
+    """A failure for one request.
+
+    status: answer HTTP `status` (500, 503, 429...) with an error body; drop: close the connection
+    without answering; truncate: send part of the body then close; malformed: a complete HTTP reply
+    whose JSON is cut; latency: only wait `latency` seconds, then answer normally.
+    """
+
+    kind: FaultKind
+    status: int = 500
+    latency: float = 0.0
+    message: str = "injected fault"
+
+    @classmethod
+    def http(cls, status: int, message: str = "injected fault") -> Fault:
+        return cls("status", status=status, message=message)
+
+    @classmethod
+    def drop(cls) -> Fault:
+        return cls("drop")
+
+    @classmethod
+    def truncate(cls) -> Fault:
+        return cls("truncate")
+
+    @classmethod
+    def malformed(cls) -> Fault:
+        return cls("malformed")
+
+    @classmethod
+    def delay(cls, seconds: float) -> Fault:
+        return cls("latency", latency=seconds)
+
+
+Entry = str | Reply | Fault | dict
+
+
+def parse_entry(entry: Entry) -> Reply | Fault:
+    """A script entry: a string (the reply text), a Reply or Fault, or a mapping:
+    {"text": ..., "finish_reason": "stop"|"length", "latency": s}, {"fault": "http_500"|"http_503"|
+    "http_429"|"drop"|"truncate"|"malformed"}, {"status": 503, "message": ...} or {"latency": s} alone."""
+    if isinstance(entry, (Reply, Fault)):
+        return entry
+    if isinstance(entry, str):
+        return Reply(entry)
+    if not isinstance(entry, dict):
+        raise ValueError(f"a script entry must be a string or a mapping, not {type(entry).__name__}")
+    latency = float(entry.get("latency", 0.0))
+    if "text" in entry:
+        return Reply(str(entry["text"]), str(entry.get("finish_reason", "stop")), latency)
+    if "status" in entry:
+        return Fault("status", status=int(entry["status"]), latency=latency, message=str(entry.get("message", "injected fault")))
+    fault = entry.get("fault")
+    if isinstance(fault, str):
+        if fault.startswith("http_") and fault[5:].isdigit():
+            return Fault("status", status=int(fault[5:]), latency=latency, message=str(entry.get("message", "injected fault")))
+        if fault in ("drop", "truncate", "malformed"):
+            return Fault(fault, latency=latency)
+        raise ValueError(f"unknown fault {fault!r}: use http_NNN, drop, truncate or malformed")
+    if "latency" in entry:
+        return Fault("latency", latency=latency)
+    raise ValueError(f"a script entry needs `text`, `fault`, `status` or `latency`: {entry!r}")
+
+
+@dataclass
+class ScriptedRequest:
+    """What a policy sees: `index` counts generation requests from 0."""
+
+    index: int
+    endpoint: str
+    body: dict[str, Any]
+    prompt: str
+    messages: list[dict[str, Any]] | None = None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The sampling fields of the request (everything but the prompt or messages)."""
+        return {k: v for k, v in self.body.items() if k not in ("prompt", "messages")}
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the server saw it; `reply` and the token fields are for generation requests."""
+
+    endpoint: str
+    body: dict[str, Any]
+    time: float
+    method: str = "POST"
+    prompt: str | None = None
+    reply: str | None = None
+    """The text sent back (after stop strings and max_tokens); None when none was (faults, errors)."""
+    status: int = 200
+    fault: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+
+
+class ScriptTokenizer:
+    """Deterministic tokenizer: ids are handed out as pieces are first seen (per server)."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = dict(SPECIAL_IDS)
+        self._pieces: dict[int, str] = {v: k for k, v in SPECIAL_IDS.items()}
+        self._next_special = 128200
+        self._lock = threading.Lock()
+
+    def pieces(self, text: str) -> list[str]:
+        return _PIECE_RE.findall(text)
+
+    def encode(self, text: str) -> list[int]:
+        with self._lock:
+            out = []
+            for piece in _PIECE_RE.findall(text):
+                token = self._ids.get(piece)
+                if token is None:
+                    if piece.startswith("<|") and piece.endswith("|>") and len(piece) > 4:
+                        token, self._next_special = self._next_special, self._next_special + 1
+                    else:
+                        token = len(self._pieces) + 1000
+                    self._ids[piece] = token
+                    self._pieces[token] = piece
+                out.append(token)
+            return out
+
+    def decode(self, tokens: Iterable[int]) -> str:
+        return "".join(self._pieces.get(t, "") for t in tokens)
+
+
+def _common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Length of the shared start of two id lists or strings (binary search over C-speed slice compares)."""
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while lo < hi - 1:  # invariant: a[:lo] == b[:lo] and a[:hi] != b[:hi]
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class _NoReply(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ScriptedServer:
+    """An OpenAI-compatible server answering from a script or a policy; see the module docstring.
+
+    `block_size` rounds cached token counts down like vLLM's KV blocks (1: exact). `latency` is
+    added to every generation request. `fallback` answers once the script is used up (default: HTTP
+    500 saying so, so a test notices).
+    """
+
+    def __init__(
+        self,
+        replies: list[Entry] | None = None,
+        policy: Callable[[ScriptedRequest], Entry] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        model: str = "cwm-scripted",
+        max_model_len: int = 131072,
+        *,
+        latency: float = 0.0,
+        block_size: int = 16,
+        fallback: str | None = None,
+    ):
+        self.script = [parse_entry(e) for e in replies or []]
+        self.policy = policy
+        self.host, self.port = host, port
+        self.model = model
+        self.max_model_len = max_model_len
+        self.latency = latency
+        self.block_size = max(1, block_size)
+        self.fallback = fallback
+        self.tokenizer = ScriptTokenizer()
+        self._requests: list[RecordedRequest] = []
+        self._contexts: list[tuple[list[int], list[int]]] = []  # (prompt ids, reply ids) per answered request
+        self._faults: list[tuple[Fault, str]] = []
+        self._next_reply = 0
+        self._generation_index = 0
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The OpenAI base URL, e.g. http://127.0.0.1:PORT/v1."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> ScriptedServer:
+        handler = type("Handler", (_Handler,), {"scripted": self})
+        self._server = ThreadingHTTPServer((self.host, self.port), handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="scripted-server", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> ScriptedServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- script and records -----------------------------------------------------------------------
+
+    def add_replies(self, replies: Iterable[Entry]) -> None:
+        with self._lock:
+            self.script.extend(parse_entry(e) for e in replies)
+
+    def inject_faults(self, faults: Iterable[Fault | dict], endpoint: str = "generate") -> None:
+        """Fail the next requests, one fault each, before any script entry is used.
+
+        endpoint: "generate" (completions and chat), "tokenize", "models", "health" or "any".
+        """
+        with self._lock:
+            for fault in faults:
+                parsed = parse_entry(fault) if isinstance(fault, dict) else fault
+                if not isinstance(parsed, Fault):
+                    raise ValueError(f"not a fault: {fault!r}")
+                self._faults.append((parsed, endpoint))
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def generation_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.endpoint in ("/v1/completions", "/v1/chat/completions")]
+
+    def prefix_reuse(self) -> list[float | None]:
+        """For each answered generation request, in order: the share of its predecessor's context
+        (prompt + reply, in characters) that it starts with; 1.0 when it extends it byte for byte.
+
+        The predecessor is the earlier answered request with the longest prompt that is a strict
+        prefix of this prompt (ties: the one whose prompt + reply shares most with it); a request
+        with none (a rollout's first turn) gets None.
+        """
+        answered = [(r.prompt or "", r.reply or "") for r in self.generation_requests() if r.reply is not None]
+        out: list[float | None] = []
+        for i, (prompt, _) in enumerate(answered):
+            best: tuple[int, int, int] | None = None  # (predecessor prompt length, shared chars, its context length)
+            for earlier_prompt, earlier_reply in answered[:i]:
+                if len(earlier_prompt) >= len(prompt) or not prompt.startswith(earlier_prompt):
+                    continue
+                context = earlier_prompt + earlier_reply
+                candidate = (len(earlier_prompt), _common_prefix(prompt, context), len(context))
+                if best is None or candidate[:2] > best[:2]:
+                    best = candidate
+            out.append(None if best is None else best[1] / best[2])
+        return out
+
+    # -- request handling (called from handler threads) --------------------------------------------
+
+    def _take_fault(self, endpoint_kind: str) -> Fault | None:
+        with self._lock:
+            for i, (fault, where) in enumerate(self._faults):
+                if where in (endpoint_kind, "any"):
+                    del self._faults[i]
+                    return fault
+        return None
+
+    def _next_entry(self, request: ScriptedRequest) -> Reply | Fault:
+        if self.policy is not None:
+            return parse_entry(self.policy(request))
+        with self._lock:
+            if self._next_reply < len(self.script):
+                entry = self.script[self._next_reply]
+                self._next_reply += 1
+                return entry
+        if self.fallback is not None:
+            return Reply(self.fallback)
+        raise _NoReply(
+            500, f"scripted server: no reply left for generation request #{request.index} (the script had {len(self.script)})"
+        )
+
+    def _record(self, record: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(record)
+
+    def _cached(self, prompt_ids: list[int]) -> int:
+        with self._lock:
+            contexts = list(self._contexts)
+        best = max((_common_prefix(prompt_ids, p + r) for p, r in contexts), default=0)
+        # vLLM always computes the last prompt token and caches whole blocks only.
+        best = min(best, len(prompt_ids) - 1)
+        return max(0, best - best % self.block_size)
+
+    def _generate(self, endpoint: str, body: dict[str, Any], record: RecordedRequest) -> dict[str, Any]:
+        chat = endpoint == "/v1/chat/completions"
+        requested = body.get("model")
+        if requested is not None and requested != self.model:
+            raise _NoReply(404, f"The model `{requested}` does not exist.")
+        messages = None
+        if chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise _NoReply(400, "`messages` must be a non-empty list")
+            prompt = "".join(f"<|start_header_id|>{m.get('role')}<|end_header_id|>\n\n{m.get('content')}<|eot_id|>" for m in messages if isinstance(m, dict))
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+                prompt = self.tokenizer.decode(prompt)
+            if not isinstance(prompt, str):
+                raise _NoReply(400, "`prompt` must be a string or a list of token ids")
+        record.prompt = prompt
+        prompt_ids = self.tokenizer.encode(prompt)
+        record.prompt_tokens = len(prompt_ids)
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+            raise _NoReply(400, "max_tokens must be a positive integer")
+        limit = self.max_model_len
+        if len(prompt_ids) >= limit:
+            raise _NoReply(
+                400,
+                f"This model's maximum context length is {limit} tokens. However, your request has "
+                f"{len(prompt_ids)} input tokens. Please reduce the length of the input messages.",
+            )
+        if max_tokens is not None and max_tokens > limit - len(prompt_ids):
+            raise _NoReply(
+                400,
+                f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's maximum context "
+                f"length is {limit} tokens and your request has {len(prompt_ids)} input tokens "
+                f"({max_tokens} > {limit} - {len(prompt_ids)}).",
+            )
+        if max_tokens is None:
+            max_tokens = VLLM_DEFAULT_MAX_TOKENS  # what vLLM does when a client forgets it
+        n = body.get("n", 1)
+        if not isinstance(n, int) or n < 1:
+            raise _NoReply(400, "n must be a positive integer")
+        stops = body.get("stop") or []
+        if isinstance(stops, str):
+            stops = [stops]
+        keep_stop = bool(body.get("include_stop_str_in_output", False))
+
+        choices, reply_ids_all, texts = [], [], []
+        for choice_index in range(n):
+            with self._lock:
+                index = self._generation_index
+                self._generation_index += 1
+            entry = self._next_entry(ScriptedRequest(index, endpoint, body, prompt, messages))
+            if entry.latency:
+                time.sleep(entry.latency)
+            if isinstance(entry, Fault):
+                if entry.kind != "latency":
+                    raise _FaultRaised(entry)
+                entry = self._next_entry(ScriptedRequest(index, endpoint, body, prompt, messages))
+                if isinstance(entry, Fault):
+                    raise _FaultRaised(entry)
+            text, finish, stop_reason = entry.text, entry.finish_reason, None
+            cut = min(((text.find(s), s) for s in stops if s and s in text), default=None)
+            if cut is not None:
+                text = text[: cut[0] + (len(cut[1]) if keep_stop else 0)]
+                finish, stop_reason = "stop", cut[1]
+            pieces = self.tokenizer.pieces(text)
+            if len(pieces) > max_tokens:
+                text, finish, stop_reason = "".join(pieces[:max_tokens]), "length", None
+            reply_ids = self.tokenizer.encode(text)
+            reply_ids_all.append(reply_ids)
+            texts.append(text)
+            choice: dict[str, Any] = {"index": choice_index, "logprobs": None, "finish_reason": finish, "stop_reason": stop_reason}
+            if chat:
+                choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
+            else:
+                choice.update(text=text, prompt_logprobs=None)
+            choices.append(choice)
+
+        cached = self._cached(prompt_ids)
+        with self._lock:
+            for reply_ids in reply_ids_all:
+                self._contexts.append((prompt_ids, reply_ids))
+        completion_tokens = sum(len(r) for r in reply_ids_all)
+        record.reply = texts[0]
+        record.finish_reason = choices[0]["finish_reason"]
+        record.cached_tokens = cached
+        return {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": len(prompt_ids),
+                "total_tokens": len(prompt_ids) + completion_tokens,
+                "completion_tokens": completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": cached},
+            },
+        }
+
+
+class _FaultRaised(Exception):
+    def __init__(self, fault: Fault):
+        super().__init__(fault.kind)
+        self.fault = fault
+
+
+def _error_body(status: int, message: str) -> dict[str, Any]:
+    kinds = {400: "BadRequestError", 404: "NotFoundError", 429: "RateLimitError"}
+    return {"error": {"message": message, "type": kinds.get(status, "InternalServerError"), "param": None, "code": status}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    scripted: ScriptedServer  # set on the subclass made by ScriptedServer.start
+    server_version = "cwm-scripted"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read the records instead
+        pass
+
+    def _send_json(self, status: int, payload: Any, *, cut: bool = False, malformed: bool = False) -> None:
+        data = json.dumps(payload).encode()
+        sent = data[: max(1, len(data) // 2)] if (cut or malformed) else data
+        if not (cut or malformed):
+            self.record.status = status
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        # truncate announces the whole length and closes early; malformed announces what it sends.
+        self.send_header("Content-Length", str(len(data) if cut else len(sent)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(sent)
+        self.wfile.flush()
+
+    def _read_body(self) -> dict[str, Any] | None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
+
+    def _endpoint_kind(self, path: str) -> str:
+        if path in ("/v1/completions", "/v1/chat/completions"):
+            return "generate"
+        if path in ("/tokenize", "/detokenize"):
+            return "tokenize"
+        return {"/v1/models": "models", "/health": "health"}.get(path, "other")
+
+    def _apply_fault(self, fault: Fault, payload_for_cut: Any = None) -> bool:
+        """Carry out a fault; True when the request is finished (nothing else to send)."""
+        if fault.latency:
+            time.sleep(fault.latency)
+        if fault.kind == "latency":
+            return False
+        if fault.kind == "status":
+            self._send_json(fault.status, _error_body(fault.status, fault.message))
+        elif fault.kind == "drop":
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        else:
+            payload = payload_for_cut or {"choices": [{"index": 0, "text": "x" * 64, "finish_reason": "stop"}]}
+            self._send_json(200, payload, cut=fault.kind == "truncate", malformed=fault.kind == "malformed")
+        return True
+
+    def _handle(self, method: str) -> None:
+        scripted = self.scripted
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        body = self._read_body() if method == "POST" else {}
+        kind = self._endpoint_kind(path)
+        generate = kind == "generate"
+        self.record = record = RecordedRequest(endpoint=path, body=body or {}, time=time.time(), method=method)
+        scripted._record(record)
+        if generate:
+            with scripted._lock:
+                scripted.in_flight += 1
+                scripted.max_in_flight = max(scripted.max_in_flight, scripted.in_flight)
+        try:
+            fault = scripted._take_fault(kind)
+            if fault is not None:
+                self._note_fault(fault)
+                if self._apply_fault(fault):
+                    return
+            if body is None:
+                self._send_json(400, _error_body(400, "the request body is not a JSON object"))
+            elif generate:
+                if scripted.latency:
+                    time.sleep(scripted.latency)
+                try:
+                    payload = scripted._generate(path, body, record)
+                except _NoReply as exc:
+                    self._send_json(exc.status, _error_body(exc.status, exc.message))
+                    return
+                except _FaultRaised as exc:
+                    self._note_fault(exc.fault)
+                    self._apply_fault(Fault(exc.fault.kind, exc.fault.status, 0.0, exc.fault.message))
+                    return
+                self._send_json(200, payload)
+            else:
+                self._answer_other(method, path, body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (its timeout); nothing to answer
+        finally:
+            if generate:
+                with scripted._lock:
+                    scripted.in_flight -= 1
+
+    def _note_fault(self, fault: Fault) -> None:
+        if fault.kind != "latency":
+            self.record.fault = f"http_{fault.status}" if fault.kind == "status" else fault.kind
+            self.record.status = fault.status if fault.kind == "status" else 0
+
+    def _answer_other(self, method: str, path: str, body: dict[str, Any]) -> None:
+        scripted = self.scripted
+        if method == "GET" and path == "/health":
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.send_header("Connection", "close")
+            self.end_headers()
+        elif method == "GET" and path == "/v1/models":
+            card = {
+                "id": scripted.model,
+                "object": "model",
+                "created": int(time.time()),
+                "owned_by": "cwm-agent",
+                "root": scripted.model,
+                "parent": None,
+                "max_model_len": scripted.max_model_len,
+                "permission": [],
+            }
+            self._send_json(200, {"object": "list", "data": [card]})
+        elif method == "POST" and path == "/tokenize":
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str):
+                self._send_json(400, _error_body(400, "`prompt` must be a string"))
+                return
+            tokens = scripted.tokenizer.encode(prompt)
+            if body.get("add_special_tokens", True):
+                tokens = [SPECIAL_IDS["<|begin_of_text|>"], *tokens]
+            self._send_json(200, {"count": len(tokens), "max_model_len": scripted.max_model_len, "tokens": tokens, "token_strs": None})
+        elif method == "POST" and path == "/detokenize":
+            tokens = body.get("tokens")
+            if not isinstance(tokens, list):
+                self._send_json(400, _error_body(400, "`tokens` must be a list of ids"))
+                return
+            self._send_json(200, {"prompt": scripted.tokenizer.decode(tokens)})
+        else:
+            self._send_json(404, _error_body(404, f"no route {method} {path}"))
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+
+def load_script(path: Path) -> list[Reply | Fault]:
+    """Read a JSON or YAML list of script entries."""
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of replies")
+    return [parse_entry(e) for e in data]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cwm_agent.model.scripted_server", description=__doc__.split("\n")[0])
+    parser.add_argument("--replies", type=Path, help="JSON or YAML list of replies (strings or mappings)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--model", default="cwm-scripted")
+    parser.add_argument("--max-model-len", type=int, default=131072)
+    parser.add_argument("--fallback", help="reply with this text once the script is used up (default: HTTP 500)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every generation request")
+    args = parser.parse_args(argv)
+    try:
+        script = load_script(args.replies) if args.replies else []
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read the replies: {exc}", file=sys.stderr)
+        return 2
+    server = ScriptedServer(
+        script, host=args.host, port=args.port, model=args.model, max_model_len=args.max_model_len,
+        latency=args.latency, fallback=args.fallback,
+    )
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"scripted model server at {server.url} ({len(script)} replies)", flush=True)
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
