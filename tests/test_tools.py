@@ -365,3 +365,38 @@ def test_unknown_tool_lists_the_available_ones():
     assert "no tool named 'python'" in result.output
     assert "bash, edit, create, submit" in result.output
     assert list(TOOLS) == ["bash", "edit", "create", "submit"]
+
+
+# ---------------------------------------------------------------- edit: property
+
+
+from hypothesis import assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+LINE = st.text(alphabet="ab =\t", max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(LINE, min_size=1, max_size=8),
+    span=st.tuples(st.integers(0, 7), st.integers(1, 3)),
+    replacement=st.lists(LINE, max_size=3),
+    eol=st.sampled_from(["\n", "\r\n"]),
+    final_newline=st.booleans(),
+)
+def test_edit_replaces_exactly_the_searched_lines(lines, span, replacement, eol, final_newline):
+    start = min(span[0], len(lines) - 1)
+    search = lines[start : start + span[1]]
+    data = (eol.join(lines) + (eol if final_newline else "")).encode()
+    occurrences = sum(lines[i : i + len(search)] == search for i in range(len(lines) - len(search) + 1))
+    # Without a final newline, an empty last line is no line at all ("a\n" is one line).
+    assume(occurrences == 1 and (final_newline or lines[-1] != ""))
+    outcome = apply_edit(data, search, replacement, "f")
+    new_lines = lines[:start] + replacement + lines[start + len(search) :]
+    assume(final_newline or not new_lines or new_lines[-1] != "")
+    # A file with no line ending at all gives none to follow: new lines get "\n".
+    file_eol = eol if final_newline or len(lines) > 1 else "\n"
+    expected = file_eol.join(new_lines) + (file_eol if final_newline and new_lines else "")
+    assert outcome.data.decode() == expected
+    assert outcome.num_lines == (len(new_lines) if expected else 0)
+    assert outcome.line == start + 1

@@ -206,11 +206,13 @@ def apply_edit(data: bytes, search: list[str], replace: list[str], path: str) ->
     ended = lines if trailing_newline else lines[:-1]
     crlf = sum(line.endswith("\r") for line in ended) * 2 > len(ended) > 0
     new_block = [_bare(line) + ("\r" if crlf else "") for line in replace]
-    # A file without a final newline keeps none; its last line has no `\r` either.
-    if not trailing_newline and start + len(search) == len(lines) and new_block:
-        new_block[-1] = _bare(new_block[-1])
     new_lines = lines[:start] + new_block + lines[start + len(search) :]
+    # A file without a final newline keeps none: when the edit reached the end, the new last
+    # line loses the `\r` of its CRLF ending too.
+    if not trailing_newline and start + len(search) == len(lines) and new_lines:
+        new_lines[-1] = _bare(new_lines[-1])
     new_text = "\n".join(new_lines) + ("\n" if new_lines and trailing_newline else "")
+    new_lines = _split_lines(new_text)[0]
     new_data = new_text.encode("utf-8", "surrogateescape")
     changed = new_data != data
 
