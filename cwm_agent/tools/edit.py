@@ -220,11 +220,12 @@ def apply_edit(data: bytes, search: list[str], replace: list[str], path: str) ->
     first_shown = max(1, line - SNIPPET_CONTEXT)
     last_shown = min(len(new_lines), line + len(new_block) - 1 + SNIPPET_CONTEXT)
     snippet = _numbered(new_lines[first_shown - 1 : last_shown], first_shown)
+    count = f"{len(new_lines)} line{'' if len(new_lines) == 1 else 's'}"
     if not changed:
-        head = f"The replacement lines are the same as the search lines; {path} is unchanged ({len(new_lines)} lines)."
+        head = f"The replacement lines are the same as the search lines; {path} is unchanged ({count})."
     else:
         what = "updated" if new_block else "updated (lines deleted)"
-        head = f"The file {path} was {what} at line {line} and now has {len(new_lines)} lines."
+        head = f"The file {path} was {what} at line {line} and now has {count}."
     message = (
         f"{head} The lines around the edit:\n{snippet}\n"
         "Review the change and make sure it is what you intended; fix it with another edit if not."
