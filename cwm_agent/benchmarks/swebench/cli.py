@@ -1,9 +1,162 @@
-"""Commands of cwm_agent.benchmarks.swebench, added to the `cwm-agent` app by `register`."""
+"""`cwm-agent swebench ...`: evaluate predictions, build the local instance images, show eval scripts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+from rich.console import Console
+
+err = Console(stderr=True)
+out = Console()
+
+swebench_app = typer.Typer(
+    name="swebench", help="SWE-bench: evaluate patches like the official harness; local instances.", no_args_is_help=True
+)
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _ids(values: Optional[List[str]]) -> list[str] | None:
+    """--instance-ids accepts repeated options and comma/space separated lists."""
+    if not values:
+        return None
+    return [part for value in values for part in value.replace(",", " ").split() if part]
+
+
+@swebench_app.command("eval")
+def eval_command(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset: .jsonl/.json/.parquet file, or a Hugging Face id."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory for per-instance logs and reports."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", "-p", help="Predictions file (official format: instance_id, model_name_or_path, model_patch)."),
+    gold: bool = typer.Option(False, "--gold", help="Evaluate the dataset's own patches instead of predictions."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Instances evaluated in parallel."),
+    instance_ids: Optional[List[str]] = typer.Option(None, "--instance-ids", help="Only these instances (repeat, or comma-separated)."),
+    timeout: float = typer.Option(600.0, "--timeout", min=1, help="Seconds the tests of one instance may run."),
+    network: str = typer.Option("none", "--network", help="Network of the eval containers: none or host."),
+    pip_index: Optional[bool] = typer.Option(None, "--pip-index/--no-pip-index", help="Let pip use a package index in eval containers (default: not with --network none)."),
+    allow_pull: bool = typer.Option(False, "--allow-pull", help="Pull missing images from a registry."),
+    registry_prefix: Optional[str] = typer.Option(None, "--registry-prefix", help="Registry mirror for official images (with --allow-pull)."),
+    rerun: bool = typer.Option(False, "--rerun", help="Evaluate again instances already done in OUTPUT."),
+    split: str = typer.Option("test", "--split", help="Split, for Hugging Face datasets."),
+) -> None:
+    """Evaluate patches: a fresh container per prediction, the official eval script, parsers and grading."""
+    from cwm_agent.benchmarks.swebench.dataset import DatasetError, load_instances, load_predictions
+    from cwm_agent.benchmarks.swebench.evaluate import EvalOptions, evaluate_predictions, gold_predictions
+    from cwm_agent.sandbox.base import SandboxError
+
+    if network not in ("none", "host"):
+        raise _fail(f"--network {network}: use none or host.")
+    if gold == (predictions is not None):
+        raise _fail("pass either --predictions FILE or --gold (not both, not neither).")
+    try:
+        instances = load_instances(dataset, instance_ids=_ids(instance_ids), split=split)
+        preds = gold_predictions(instances) if gold else load_predictions(predictions)
+    except DatasetError as exc:
+        raise _fail(str(exc)) from None
+    known = {i.instance_id for i in instances}
+    unknown = [p.instance_id for p in preds if p.instance_id not in known]
+    if unknown and not instance_ids:
+        err.print(f"[yellow]warning:[/yellow] {len(unknown)} predictions are not in {dataset} and are skipped: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+    preds = [p for p in preds if p.instance_id in known]
+    if not preds:
+        raise _fail(f"no prediction matches an instance of {dataset}.")
+    if output.exists() and not output.is_dir():
+        raise _fail(f"--output {output} is a file; pass a directory.")
+
+    options = EvalOptions(
+        timeout=timeout, network=network, pip_no_index=None if pip_index is None else not pip_index,
+        allow_pull=allow_pull, registry_prefix=registry_prefix, rerun=rerun,
+    )
+    done = 0
+
+    def progress(result) -> None:
+        nonlocal done
+        done += 1
+        colour = {"resolved": "green", "unresolved": "yellow", "empty_patch": "yellow"}.get(result.outcome, "red")
+        detail = f"  {result.error.splitlines()[0][:160]}" if result.error else ""
+        err.print(f"[{done}/{len(preds)}] {result.instance_id}: [{colour}]{result.outcome}[/{colour}] ({result.total_s:.1f} s){detail}", highlight=False, soft_wrap=True)
+
+    try:
+        summary, _ = evaluate_predictions(instances, preds, output, workers, options, on_result=progress)
+    except SandboxError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        err.print(f"interrupted; finished instances are kept in {output} (run again to continue).")
+        raise typer.Exit(130) from None
+    _print_summary(summary, output)
+
+
+def _print_summary(summary: dict, output: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title="SWE-bench evaluation", show_header=True)
+    table.add_column("instances")
+    table.add_column("count", justify="right")
+    submitted = summary["submitted_instances"] or 1
+    for label, key in [
+        ("submitted", "submitted_instances"), ("resolved", "resolved_instances"), ("unresolved", "unresolved_instances"),
+        ("empty patch", "empty_patch_instances"), ("error", "error_instances"),
+    ]:
+        table.add_row(label, str(summary[key]))
+    out.print(table)
+    out.print(
+        f"resolved {summary['resolved_instances']}/{summary['submitted_instances']} submitted "
+        f"({100 * summary['resolved_instances'] / submitted:.1f}%), {summary['total_instances']} in the dataset; "
+        f"report: {output / 'report.json'}",
+        highlight=False,
+    )
+
+
+@swebench_app.command("build-local")
+def build_local(
+    trust_host_ca: bool = typer.Option(False, "--trust-host-ca", help="Trust this host's CA bundle in image builds."),
+    force: bool = typer.Option(False, "--force", help="Rebuild images that exist."),
+) -> None:
+    """Build the images of the local instance set (sdists from PyPI, on this host). Fast when present."""
+    from cwm_agent.benchmarks.swebench.local.build import build_local_images
+    from cwm_agent.sandbox.base import SandboxError
+    from cwm_agent.sandbox.images import BuildOptions
+
+    try:
+        done = build_local_images(BuildOptions(trust_host_ca=trust_host_ca), force=force)
+    except SandboxError as exc:
+        raise _fail(str(exc)) from None
+    for name, built in done:
+        typer.echo(f"{name}: {'built' if built else 'already present'}")
+
+
+@swebench_app.command("local-dataset")
+def local_dataset() -> None:
+    """Print the path of the local instance set (use it as --dataset)."""
+    from cwm_agent.benchmarks.swebench.local import INSTANCES_FILE
+
+    typer.echo(str(INSTANCES_FILE))
+
+
+@swebench_app.command("eval-script")
+def eval_script(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset file or Hugging Face id."),
+    instance_id: str = typer.Argument(..., help="The instance."),
+) -> None:
+    """Print the eval script of one instance (built offline) and the image it runs in."""
+    from cwm_agent.benchmarks.swebench.dataset import DatasetError, load_instances
+    from cwm_agent.benchmarks.swebench.images import candidate_images
+    from cwm_agent.benchmarks.swebench.spec import SpecError, make_eval_spec
+
+    try:
+        (instance,) = load_instances(dataset, instance_ids=[instance_id])
+        spec = make_eval_spec(instance)
+    except (DatasetError, SpecError) as exc:
+        raise _fail(str(exc)) from None
+    err.print(f"# images, in the order tried: {', '.join(candidate_images(instance))}; log parser: {spec.log_parser}")
+    typer.echo(spec.eval_script, nl=False)
 
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to the top-level app."""
+    app.add_typer(swebench_app, name="swebench")

@@ -64,7 +64,7 @@ def _local_eval_lines(instance: SWEBenchInstance, test_cmd: str) -> list[str]:
         f"cd {REPO_DIR}",
         f"git config --global --add safe.directory {REPO_DIR}",
         "git status",
-        "git show",
+        "git show --stat",  # the base commit is the repository's first: its full diff would be the whole tree
         f"git -c core.fileMode=false diff {instance.base_commit}",
         reset,
         f"git apply -v - <<'{HEREDOC_DELIMITER}'\n{instance.test_patch}\n{HEREDOC_DELIMITER}",

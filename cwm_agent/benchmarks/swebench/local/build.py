@@ -40,7 +40,7 @@ RUN git init -q -b main \\
  && env {commit_env} git commit -q -m "{message}" \\
  && sha=$(git rev-parse HEAD) \\
  && if [ -n "{expect}" ] && [ "$sha" != "{expect}" ]; then echo "base commit is $sha, expected {expect}" >&2; exit 1; fi
-LABEL io.cwm-agent.swebench-instance="{instance_id}"
+LABEL io.cwm-agent.swebench-instance="{instance_id}" io.cwm-agent.base-commit="{expect}"
 """
 
 
@@ -100,6 +100,17 @@ def build_instance_image(
     return name
 
 
+def _current(client, name: str, base_commit: str) -> bool:
+    """The image exists and was built for this base commit (an older instances.jsonl means rebuild)."""
+    import docker.errors
+
+    try:
+        labels = client.images.get(name).labels or {}
+    except docker.errors.ImageNotFound:
+        return False
+    return labels.get("io.cwm-agent.base-commit") == base_commit
+
+
 def local_instances() -> list[SWEBenchInstance]:
     return load_instances(INSTANCES_FILE)
 
@@ -114,7 +125,7 @@ def build_local_images(
     done = []
     for instance in load_instances(INSTANCES_FILE, instance_ids=instance_ids):
         name = local_image_name(instance.instance_id)
-        if image_exists(client, name) and not force:
+        if not force and _current(client, name, instance.base_commit):
             done.append((name, False))
             continue
         build_instance_image(instance, options)
