@@ -1,0 +1,128 @@
+"""Evaluation on the local instances in real Docker: every outcome the official harness can give."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from conftest_swebench import local_images  # noqa: F401  (fixture)
+from typer.testing import CliRunner
+
+from cwm_agent.benchmarks.swebench.dataset import Prediction
+from cwm_agent.benchmarks.swebench.evaluate import EvalOptions, _sandbox_config, evaluate_predictions
+from cwm_agent.benchmarks.swebench.local import INSTANCES_FILE
+from cwm_agent.sandbox.base import PROJECT_LABEL
+
+pytestmark = pytest.mark.docker
+
+INFLECTION, SIX, MORE = "cwm-local__inflection-1", "cwm-local__six-1", "cwm-local__more-itertools-1"
+
+DASHERIZE_BREAK = """\
+@@ -177,7 +177,7 @@ def dasherize(word: str) -> str:
+         'puni-puni'
+ 
+     \"\"\"
+-    return word.replace('_', '-')
++    return word.replace('_', '+')
+ 
+ 
+ def humanize(word: str) -> str:
+"""
+
+NOT_APPLYING = """\
+diff --git a/six.py b/six.py
+--- a/six.py
++++ b/six.py
+@@ -1,3 +1,3 @@
+-this line is not in six.py
++and neither is this one
+ nor this
+"""
+
+
+def _by_id(instances):
+    return {i.instance_id: i for i in instances}
+
+
+def _no_containers_left():
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={PROJECT_LABEL}"], capture_output=True, text=True).stdout
+    assert out.strip() == "", f"containers left behind: {out}"
+
+
+def test_gold_patches_resolve_every_local_instance(local_images, tmp_path):
+    from cwm_agent.cli import app
+
+    out = tmp_path / "gold"
+    result = CliRunner().invoke(app, ["swebench", "eval", "--gold", "-d", str(INSTANCES_FILE), "-o", str(out), "-w", "2"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "report.json").read_text())
+    ids = sorted(i.instance_id for i in local_images)
+    assert summary["resolved_ids"] == ids and summary["resolved_instances"] == len(ids)
+    assert summary["error_instances"] == 0 and summary["schema_version"] == 2
+    for inst in local_images:
+        d = out / inst.instance_id
+        assert {"report.json", "test_output.txt", "patch.diff", "apply.log", "eval.sh"} <= {p.name for p in d.iterdir()}
+        report = json.loads((d / "report.json").read_text())[inst.instance_id]
+        assert report["resolved"] and report["patch_successfully_applied"]
+        assert sorted(report["tests_status"]["FAIL_TO_PASS"]["success"]) == sorted(inst.FAIL_TO_PASS)
+        assert report["tests_status"]["PASS_TO_PASS"]["failure"] == []
+        assert (d / "patch.diff").read_text() == inst.patch
+        assert ">>>>> Start Test Output" in (d / "test_output.txt").read_text()
+    assert "resolved" in result.output
+    _no_containers_left()
+
+
+def test_empty_broken_and_unappliable_patches(local_images, tmp_path):
+    inst = _by_id(local_images)
+    gold = inst[INFLECTION].patch
+    head, sep, rest = gold.partition("+++ b/inflection/__init__.py\n")
+    breaking = head + sep + DASHERIZE_BREAK + rest  # fixes ordinal() but breaks dasherize()
+    preds = [
+        Prediction(instance_id=INFLECTION, model_name_or_path="t", model_patch=breaking),
+        Prediction(instance_id=SIX, model_name_or_path="t", model_patch=NOT_APPLYING),
+        Prediction(instance_id=MORE, model_name_or_path="t", model_patch=""),
+    ]
+    summary, results = evaluate_predictions(local_images, preds, tmp_path, workers=2)
+    outcome = {r.instance_id: r.outcome for r in results}
+    assert outcome == {INFLECTION: "unresolved", SIX: "error", MORE: "empty_patch"}
+    assert summary["unresolved_ids"] == [INFLECTION] and summary["error_ids"] == [SIX]
+    assert summary["empty_patch_ids"] == [MORE] and summary["resolved_instances"] == 0
+
+    # Unresolved through PASS_TO_PASS: the bug's tests pass, dasherize's fail.
+    report = json.loads((tmp_path / INFLECTION / "report.json").read_text())[INFLECTION]
+    status = report["tests_status"]
+    assert status["FAIL_TO_PASS"]["failure"] == []
+    assert status["PASS_TO_PASS"]["failure"] and all("test_dasherize" in t for t in status["PASS_TO_PASS"]["failure"])
+
+    # Error: the apply log shows each official attempt and the failure marker; no report.json.
+    apply_log = (tmp_path / SIX / "apply.log").read_text()
+    assert "git apply --verbose" in apply_log and "patch --batch --fuzz=5 -p1 -i" in apply_log
+    assert ">>>>> Patch Apply Failed" in apply_log
+    assert not (tmp_path / SIX / "report.json").exists()
+    assert "Patch Apply Failed" in json.loads((tmp_path / SIX / "result.json").read_text())["error"]
+    _no_containers_left()
+
+
+def test_fuzzy_patch_falls_back_to_patch_and_reruns_are_skipped(local_images, tmp_path):
+    inst = _by_id(local_images)[SIX]
+    # A context line that differs from the file: git apply refuses, `patch --fuzz` applies it.
+    fuzzy = inst.patch.replace(" def add_metaclass(metaclass):", " def add_metaclass(meta):").replace(
+        "         orig_vars = cls.__dict__.copy()\n", "         orig_vars = dict(cls.__dict__)\n"
+    )
+    assert fuzzy != inst.patch
+    preds = [Prediction(instance_id=SIX, model_name_or_path="t", model_patch=fuzzy)]
+    summary, (result,) = evaluate_predictions([inst], preds, tmp_path)
+    assert result.outcome == "resolved", (tmp_path / SIX / "apply.log").read_text()
+    assert result.apply_command.startswith("patch ")
+    assert result.test_run_s > 0 and result.total_s >= result.test_run_s
+    # A second run over the same output reuses the finished result instead of evaluating again.
+    before = (tmp_path / SIX / "result.json").stat().st_mtime_ns
+    _, (again,) = evaluate_predictions([inst], preds, tmp_path)
+    assert again.outcome == "resolved" and (tmp_path / SIX / "result.json").stat().st_mtime_ns == before
+
+
+def test_pip_is_told_there_is_no_index_only_without_network():
+    assert _sandbox_config("img", EvalOptions(network="none")).env.get("PIP_NO_INDEX") == "1"
+    assert "PIP_NO_INDEX" not in _sandbox_config("img", EvalOptions(network="host")).env
+    assert "PIP_NO_INDEX" not in _sandbox_config("img", EvalOptions(network="none", pip_no_index=False)).env
