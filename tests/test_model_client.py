@@ -189,8 +189,17 @@ def test_count_tokens_uses_the_server_tokenize_endpoint_without_special_tokens()
     assert tokenize[0].body["add_special_tokens"] is False and tokenize[0].body["model"] == "cwm-scripted"
 
 
+def test_token_counts_are_retried_and_a_server_without_tokenize_says_what_to_do():
+    with ScriptedServer([]) as server:
+        server.inject_faults([Fault.http(503), Fault.drop()], endpoint="tokenize")
+        assert run(ModelClient(fast_config(server.url, model="cwm-scripted")).count_tokens("a b")) == 3
+        assert [r.fault for r in server.requests] == ["http_503", "drop", None]
+        server.inject_faults([Fault.http(404, "Not Found")], endpoint="tokenize")
+        with pytest.raises(ModelError, match="no /tokenize: configure a local tokenizer"):
+            run(ModelClient(fast_config(server.url, model="cwm-scripted")).count_tokens("a b"))
+
+
 def test_a_configured_local_tokenizer_without_transformers_says_what_to_do():
-    pytest.importorskip("cwm_agent")
     try:
         import transformers  # noqa: F401
 

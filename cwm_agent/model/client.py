@@ -291,8 +291,9 @@ class ModelClient:
         while True:
             try:
                 data, _, _ = await self._call(
-                    "GET", f"{self.url}/models", None, self._parse_models, "model check", limited=False, retries=False, timeout=timeout
-                )
+                    "GET", f"{self.url}/models", None, self._parse_models, "model check",
+                    limited=False, retries=False, timeout=timeout,
+                )  # fmt: skip
                 break
             except ModelUnavailableError:
                 if time.monotonic() >= deadline:
@@ -302,7 +303,8 @@ class ModelClient:
         if self.model is None:
             self.model = ids[0]
         elif self.model not in ids:
-            raise ModelError(f"the server at {self.url} serves {', '.join(ids)}, not {self.model}; pass one of those as the model")
+            served = ", ".join(ids)
+            raise ModelError(f"the server at {self.url} serves {served}, not {self.model}; pass one of those as the model")
         self.max_model_len = dict(data).get(self.model) or self.max_model_len
         return self.model
 
@@ -342,7 +344,8 @@ class ModelClient:
         assert self._model_lock is not None
         async with self._model_lock:
             if self.model is None:
-                data, _, _ = await self._call("GET", f"{self.url}/models", None, self._parse_models, "model list", limited=False)
+                url = f"{self.url}/models"
+                data, _, _ = await self._call("GET", url, None, self._parse_models, "model list", limited=False)
                 self.model, self.max_model_len = data[0]
         return self.model
 
@@ -473,7 +476,10 @@ class ModelClient:
             context = _context_error(message)
             if context is not None:
                 raise context
-            raise ModelError(f"{what} refused by {self.url} (HTTP {status}): {message}")
+            hint = ""
+            if what == "tokenize" and status == 404:
+                hint = "; this server has no /tokenize: configure a local tokenizer (ModelConfig.tokenizer)"
+            raise ModelError(f"{what} refused by {self.url} (HTTP {status}): {message}{hint}")
         try:
             data = resp.json()
         except ValueError as exc:

@@ -104,14 +104,15 @@ def parse_entry(entry: Entry) -> Reply | Fault:
     if not isinstance(entry, dict):
         raise ValueError(f"a script entry must be a string or a mapping, not {type(entry).__name__}")
     latency = float(entry.get("latency", 0.0))
+    message = str(entry.get("message", "injected fault"))
     if "text" in entry:
         return Reply(str(entry["text"]), str(entry.get("finish_reason", "stop")), latency)
     if "status" in entry:
-        return Fault("status", status=int(entry["status"]), latency=latency, message=str(entry.get("message", "injected fault")))
+        return Fault("status", status=int(entry["status"]), latency=latency, message=message)
     fault = entry.get("fault")
     if isinstance(fault, str):
         if fault.startswith("http_") and fault[5:].isdigit():
-            return Fault("status", status=int(fault[5:]), latency=latency, message=str(entry.get("message", "injected fault")))
+            return Fault("status", status=int(fault[5:]), latency=latency, message=message)
         if fault in ("drop", "truncate", "malformed"):
             return Fault(fault, latency=latency)
         raise ValueError(f"unknown fault {fault!r}: use http_NNN, drop, truncate or malformed")
@@ -374,7 +375,12 @@ class ScriptedServer:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise _NoReply(400, "`messages` must be a non-empty list")
-            prompt = "".join(f"<|start_header_id|>{m.get('role')}<|end_header_id|>\n\n{m.get('content')}<|eot_id|>" for m in messages if isinstance(m, dict))
+            # Stands in for the server's chat template; only prefix statistics depend on it.
+            prompt = "".join(
+                f"<|start_header_id|>{m.get('role')}<|end_header_id|>\n\n{m.get('content')}<|eot_id|>"
+                for m in messages
+                if isinstance(m, dict)
+            )
         else:
             prompt = body.get("prompt")
             if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
@@ -436,7 +442,9 @@ class ScriptedServer:
             reply_ids = self.tokenizer.encode(text)
             reply_ids_all.append(reply_ids)
             texts.append(text)
-            choice: dict[str, Any] = {"index": choice_index, "logprobs": None, "finish_reason": finish, "stop_reason": stop_reason}
+            choice: dict[str, Any] = {
+                "index": choice_index, "logprobs": None, "finish_reason": finish, "stop_reason": stop_reason
+            }  # fmt: skip
             if chat:
                 choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
             else:
@@ -607,7 +615,8 @@ class _Handler(BaseHTTPRequestHandler):
             tokens = scripted.tokenizer.encode(prompt)
             if body.get("add_special_tokens", True):
                 tokens = [SPECIAL_IDS["<|begin_of_text|>"], *tokens]
-            self._send_json(200, {"count": len(tokens), "max_model_len": scripted.max_model_len, "tokens": tokens, "token_strs": None})
+            reply = {"count": len(tokens), "max_model_len": scripted.max_model_len, "tokens": tokens, "token_strs": None}
+            self._send_json(200, reply)
         elif method == "POST" and path == "/detokenize":
             tokens = body.get("tokens")
             if not isinstance(tokens, list):
