@@ -1,9 +1,177 @@
-"""Commands of cwm_agent.agent, added to the `cwm-agent` app by `register`."""
+"""`cwm-agent solve`, `cwm-agent demo` and `cwm-agent config`."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+import time
+from pathlib import Path
+from typing import Optional
+
 import typer
+from rich.console import Console
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+def _read_issue(issue: str) -> str:
+    if issue.startswith("@"):
+        path = Path(issue[1:]).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise _fail(f"--issue {issue}: cannot read {path}: {exc.strerror}") from None
+    else:
+        text = issue
+    if not text.strip():
+        raise _fail("--issue is empty: pass the issue text, or @FILE to read it from a file")
+    return text
+
+
+def files_changed(diff: str) -> list[str]:
+    return re.findall(r"^diff --git a/(\S+) b/", diff, flags=re.MULTILINE)
+
+
+def print_summary(outcome, output_dir: Path) -> None:
+    """The few lines a user reads after a run."""
+    from cwm_agent.agent.trajectory import ExitStatus
+
+    colour = "green" if outcome.patch else ("yellow" if outcome.status == ExitStatus.SUBMITTED else "red")
+    out.print(f"[bold]status[/bold]      [{colour}]{outcome.status.value}[/{colour}] {outcome.detail}", highlight=False)
+    out.print(f"[bold]turns[/bold]       {outcome.turns}")
+    out.print(f"[bold]tokens[/bold]      {outcome.context_tokens} in context, {outcome.completion_tokens} generated")
+    out.print(f"[bold]time[/bold]        {outcome.elapsed:.1f} s")
+    changed = files_changed(outcome.patch or "") or files_changed(outcome.final_diff)
+    out.print(f"[bold]files[/bold]       {', '.join(changed) if changed else '(none)'}")
+    if outcome.patch:
+        out.print(f"[bold]patch[/bold]       {output_dir / 'patch.diff'}")
+    else:
+        out.print("[bold]patch[/bold]       none accepted (the working tree's changes are in working_tree.diff)")
+    out.print(f"[bold]trajectory[/bold]  {outcome.trajectory}")
+
+
+def write_outputs(outcome, output_dir: Path) -> None:
+    from cwm_agent.agent.files import write_text_atomic
+
+    write_text_atomic(output_dir / "working_tree.diff", outcome.final_diff)
+    if outcome.patch:
+        write_text_atomic(output_dir / "patch.diff", outcome.patch)
+
+
+async def _solve(task, config, output_dir: Path):
+    from cwm_agent.agent.run import run_task
+    from cwm_agent.model.client import ModelClient
+
+    async with ModelClient(config.model) as model:
+        model_id = await model.check()
+        config.model.model = config.model.model or model_id
+        return await run_task(task, config, model, output_dir / "trajectory.jsonl")
+
+
+def solve(
+    repo: str = typer.Option(..., "--repo", help="Repository: a local git checkout or a git URL."),
+    issue: str = typer.Option(..., "--issue", help="The issue text, or @FILE to read it from a file."),
+    commit: Optional[str] = typer.Option(None, "--commit", help="Revision to start from (default: the repository's HEAD)."),
+    image: Optional[str] = typer.Option(None, "--image", help="Sandbox image (default: cwm-agent/base:bookworm)."),
+    model_url: Optional[str] = typer.Option(None, "--model-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML config (see `cwm-agent config`)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output directory (default: runs/solve-TIMESTAMP)."),
+    max_turns: Optional[int] = typer.Option(None, "--max-turns", help="Override agent.max_turns."),
+    sandbox: Optional[str] = typer.Option(None, "--sandbox", help="docker (default) or local (no isolation!)."),
+) -> None:
+    """Solve an issue in a repository: writes DIR/patch.diff and DIR/trajectory.jsonl."""
+    from cwm_agent.agent.config import ConfigError, load_config
+    from cwm_agent.agent.repo import RepoError
+    from cwm_agent.agent.task import Task
+    from cwm_agent.model.client import ModelError
+    from cwm_agent.sandbox.base import SandboxError
+
+    problem = _read_issue(issue)
+    overrides = {
+        "model": {"url": model_url} if model_url else {},
+        "agent": {"max_turns": max_turns} if max_turns else {},
+        "sandbox": {"backend": sandbox} if sandbox else {},
+    }
+    try:
+        config = load_config(config_file, overrides)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    output_dir = output or Path("runs") / time.strftime("solve-%Y%m%d-%H%M%S")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    task = Task(task_id=output_dir.name, problem_statement=problem, image=image, repo_source=repo, base_commit=commit)
+    try:
+        outcome = asyncio.run(_solve(task, config, output_dir))
+    except KeyboardInterrupt:
+        err.print(f"interrupted: the container was removed; the partial trajectory is in {output_dir / 'trajectory.jsonl'}")
+        raise typer.Exit(130) from None
+    except (RepoError, SandboxError, ModelError) as exc:
+        raise _fail(str(exc)) from None
+    write_outputs(outcome, output_dir)
+    print_summary(outcome, output_dir)
+    raise typer.Exit(0 if outcome.patch else 1)
+
+
+REPLAY_BANNER = (
+    "[bold yellow]REPLAYED MODEL[/bold yellow]: no model is running. A scripted server replays recorded CWM-format "
+    "replies over real HTTP; everything else (sandbox, tools, patch, evaluation) is real."
+)
+
+
+def demo(
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output directory (default: runs/demo-TIMESTAMP)."),
+) -> None:
+    """Run the whole pipeline on the bundled demo task with a replayed model (no GPU needed)."""
+    from cwm_agent.agent.config import load_config
+    from cwm_agent.benchmarks.demo import build_demo_image, demo_image, demo_instance, demo_replies
+    from cwm_agent.benchmarks.swebench.evaluate import evaluate_instance
+    from cwm_agent.benchmarks.swebench.tasks import instance_task
+    from cwm_agent.model.client import ModelError
+    from cwm_agent.model.scripted_server import ScriptedServer
+    from cwm_agent.sandbox.base import SandboxError
+
+    output_dir = output or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out.print("preparing the demo image (first time: a few seconds) ...")
+        instance = demo_instance(build_demo_image())
+        out.print(REPLAY_BANNER)
+        out.print(f"[bold]task[/bold]        {instance.instance_id}: {instance.problem_statement.splitlines()[0]}")
+        with ScriptedServer(replies=demo_replies(), model="cwm-replay (scripted, not CWM)") as server:
+            config = load_config(None, {"model": {"url": server.url}})
+            task = instance_task(instance, demo_image())
+            outcome = asyncio.run(_solve(task, config, output_dir))
+        write_outputs(outcome, output_dir)
+        print_summary(outcome, output_dir)
+        out.print("evaluating the patch in a fresh container with the hidden tests ...")
+        result = evaluate_instance(instance, outcome.patch, output_dir / "eval")
+    except KeyboardInterrupt:
+        err.print("interrupted: containers removed")
+        raise typer.Exit(130) from None
+    except (SandboxError, ModelError) as exc:
+        raise _fail(str(exc)) from None
+    colour = "green" if result.outcome == "resolved" else "red"
+    out.print(f"[bold]evaluation[/bold]  [{colour}]{result.outcome}[/{colour}] {result.error} (log: {output_dir / 'eval' / instance.instance_id})")
+    raise typer.Exit(0 if result.outcome == "resolved" else 1)
+
+
+def show_config(config_file: Optional[Path] = typer.Argument(None, help="A YAML file to merge over the defaults.")) -> None:
+    """Print the run configuration (defaults: CWM's SWE-bench settings) as YAML."""
+    from cwm_agent.agent.config import ConfigError, dump_config, load_config
+
+    try:
+        typer.echo(dump_config(load_config(config_file)), nl=False)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
 
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to the top-level app."""
+    app.command("solve")(solve)
+    app.command("config")(show_config)
+    app.command("demo")(demo)

@@ -57,6 +57,8 @@ LOCAL_REPO_SPECS: dict[str, dict[str, dict[str, str]]] = {
     repo: {src.version: {"test_cmd": PYTEST_CMD, "log_parser": "pytest"}} for repo, src in SOURCES.items()
 }
 """repo -> version -> {test_cmd, log_parser}: the local counterpart of the official MAP_REPO_VERSION_TO_SPECS."""
+LOCAL_REPO_SPECS["cwm-agent/tinyintervals"] = {"0.1": {"test_cmd": PYTEST_CMD, "log_parser": "pytest"}}
+"""The bundled demo task (cwm_agent/benchmarks/demo), built from files of our own rather than an sdist."""
 
 
 def is_local_repo(repo: str) -> bool:

@@ -1,0 +1,92 @@
+"""Run configuration: one pydantic model per part, filled from YAML, overridden by the CLI.
+
+Defaults are CWM's published SWE-bench settings and live here only. `cwm-agent config` prints
+them as YAML, which is also the format `--config FILE` reads (any subset of the keys).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cwm_agent.model.client import ModelConfig, SamplingParams
+from cwm_agent.sandbox.base import SandboxConfig
+
+
+class AgentConfig(BaseModel):
+    """Limits of one episode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_turns: int = 128
+    """Model replies allowed; the last one ends the episode without running its tool."""
+    context_size: int = 131_072
+    """Tokens in the whole dialogue (prompt + replies) before the episode ends."""
+    issue_max_tokens: int = 8_192
+    """The task's problem statement is cut from the left (its end kept) to this many tokens."""
+    observation_max_tokens: int = 32_768
+    """One tool result is cut on the right to this many tokens."""
+    reply_max_tokens: int = 65_536
+    """Most tokens the model may write in one reply."""
+    wall_clock_limit: float = 7_200.0
+    """Seconds an episode may take in all (CWM's sandbox lifetime)."""
+    max_format_errors: int = 5
+    """Consecutive replies with a format error before the episode ends."""
+    strict_format: bool = False
+    """End the episode at the first format error instead of telling the model what to fix."""
+    reasoning: bool = True
+    """Reasoning mode: the system prompt asks for `<think>` and each reply starts inside it."""
+
+
+class RunConfig(BaseModel):
+    """Everything a run needs besides the task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key and the problem."""
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the YAML file, then `overrides` (nested dicts, e.g. {"agent": {"max_turns": 10}})."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping (agent:, model:, sampling:, sandbox:)")
+        data = loaded or {}
+    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v})
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        source = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{source}: {problems}") from None
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,201 @@
+"""The think-act-observe loop: one episode of CWM working through the tools.
+
+`Agent.run` loops `step()`; a step is query → parse → act → observe. Every way out of the
+loop is an `EpisodeEnd` carrying its exit status, caught in one place.
+
+The prompt is kept as text and only ever grows: each request's prompt is the previous
+prompt + the reply + the new message + the generation prompt, byte for byte, so the
+server's prefix cache serves everything but the new tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from cwm_agent.agent.config import AgentConfig
+from cwm_agent.agent.trajectory import Action, ExitStatus, TokenCounts, Turn, TrajectoryWriter, initial_prompt
+from cwm_agent.model.client import Completion, ModelClient, ModelError, SamplingParams
+from cwm_agent.prompts.parse import FormatError, parse_reply
+from cwm_agent.prompts.render import Message, render_continuation
+from cwm_agent.prompts.templates import TRUNCATION_MARK, format_error, observation, truncate_left, truncate_right
+from cwm_agent.sandbox.base import SandboxError
+from cwm_agent.tools import ToolContext, ToolResult, run_tool
+
+class EpisodeEnd(Exception):
+    """Leaves the loop; `status` says why."""
+
+    def __init__(self, status: ExitStatus, detail: str = "") -> None:
+        super().__init__(detail or status.value)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class EpisodeResult:
+    status: ExitStatus
+    detail: str
+    submission: str | None
+    turns: int
+    context_tokens: int
+    """Tokens of the whole dialogue at the end (the context the model last saw, plus its reply)."""
+    completion_tokens: int
+    """Tokens the model generated over all turns."""
+    elapsed: float
+
+
+@dataclass
+class _State:
+    prompt: str
+    turns: int = 0
+    tokens_used: int = 0
+    """Tokens of the dialogue so far (the server's count after each reply, plus our count of what we appended)."""
+    completion_tokens: int = 0
+    format_errors_in_a_row: int = 0
+    submission: str | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+async def cut_to_tokens(model: ModelClient, text: str, max_tokens: int, keep: str) -> str:
+    """Cut `text` to at most `max_tokens` tokens, keeping its start (`keep="left"`) or end ("right")."""
+    count = await model.count_tokens(text)
+    while count > max_tokens:
+        keep_chars = max(0, int(len(text) * max_tokens / count * 0.95) - len(TRUNCATION_MARK))
+        text = truncate_right(text, keep_chars) if keep == "left" else truncate_left(text, keep_chars)
+        count = await model.count_tokens(text)
+    return text
+
+
+class Agent:
+    """Runs one episode over a model client and the tools of one sandbox."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        sampling: SamplingParams,
+        model: ModelClient,
+        tools: ToolContext,
+        writer: TrajectoryWriter | None = None,
+    ) -> None:
+        self.config = config
+        self.sampling = sampling
+        self.model = model
+        self.tools = tools
+        self.writer = writer
+        self._wrapper_tokens = 0
+
+    async def run(self, system_prompt: str, user_prompt: str) -> EpisodeResult:
+        state = _State(prompt=initial_prompt(system_prompt, user_prompt, self.config.reasoning))
+        try:
+            self._wrapper_tokens = await self.model.count_tokens(
+                render_continuation("", [Message(role="tool: bash", content=observation("", 0, 0))], self.config.reasoning)
+            )
+            state.tokens_used = await self.model.count_tokens(state.prompt)
+            while True:
+                remaining = self.config.wall_clock_limit - (time.monotonic() - state.started)
+                if remaining <= 0:
+                    raise EpisodeEnd(ExitStatus.TIME_LIMIT, f"wall-clock limit of {self.config.wall_clock_limit:.0f} s reached")
+                try:
+                    await asyncio.wait_for(self.step(state), timeout=remaining)
+                except asyncio.TimeoutError:
+                    raise EpisodeEnd(ExitStatus.TIME_LIMIT, f"wall-clock limit of {self.config.wall_clock_limit:.0f} s reached") from None
+        except EpisodeEnd as end:
+            return self._result(state, end.status, end.detail)
+        except ModelError as exc:
+            return self._result(state, ExitStatus.MODEL_ERROR, str(exc))
+        except SandboxError as exc:
+            return self._result(state, ExitStatus.SANDBOX_ERROR, str(exc))
+
+    def _result(self, state: _State, status: ExitStatus, detail: str) -> EpisodeResult:
+        return EpisodeResult(
+            status=status,
+            detail=detail,
+            submission=state.submission,
+            turns=state.turns,
+            context_tokens=state.tokens_used,
+            completion_tokens=state.completion_tokens,
+            elapsed=time.monotonic() - state.started,
+        )
+
+    async def step(self, state: _State) -> None:
+        completion = await self._query(state)
+        state.turns += 1
+        state.completion_tokens += completion.completion_tokens
+        state.tokens_used = completion.prompt_tokens + completion.completion_tokens
+        turn = Turn(
+            index=state.turns,
+            raw=completion.text,
+            finish_reason=completion.finish_reason,
+            tokens=TokenCounts(
+                prompt=completion.prompt_tokens, completion=completion.completion_tokens, cached=completion.cached_tokens
+            ),
+            model_seconds=completion.latency,
+        )
+        try:
+            # Before a submission every reply must call a tool; after one, a reply without a
+            # call is the final response.
+            reply = parse_reply(
+                completion.text, reasoning=self.config.reasoning, require_tool_call=state.submission is None
+            )
+            turn.thinking = reply.thinking
+            if reply.tool_call is None:
+                self._record(turn)
+                raise EpisodeEnd(ExitStatus.SUBMITTED)
+        except FormatError as error:
+            turn.format_error = format_error(error.kind, str(error))
+            state.format_errors_in_a_row += 1
+            if self.config.strict_format:
+                self._record(turn)
+                raise EpisodeEnd(ExitStatus.FORMAT_ERRORS, turn.format_error) from None
+            if state.format_errors_in_a_row >= self.config.max_format_errors:
+                self._record(turn)
+                raise EpisodeEnd(
+                    ExitStatus.FORMAT_ERRORS, f"{state.format_errors_in_a_row} format errors in a row; last: {turn.format_error}"
+                ) from None
+            self._check_turns(state, turn)
+            await self._answer(state, turn, Message(role="user", content=turn.format_error), completion.text)
+            return
+
+        state.format_errors_in_a_row = 0
+        call = reply.tool_call
+        turn.action = Action(tool=call.name, body=call.body)
+        self._check_turns(state, turn)
+        started = time.monotonic()
+        result: ToolResult = await asyncio.to_thread(run_tool, call.name, call.body, self.tools)
+        turn.tool_seconds = time.monotonic() - started
+        turn.tool_ok = result.ok
+        if result.submission is not None:
+            state.submission = result.submission
+        text = await cut_to_tokens(self.model, result.output, self.config.observation_max_tokens, keep="left")
+        text_tokens = await self.model.count_tokens(text)
+        remaining_tokens = self.config.context_size - state.tokens_used - text_tokens - self._wrapper_tokens
+        body = observation(text, self.config.max_turns - state.turns, max(0, remaining_tokens))
+        await self._answer(state, turn, Message(role=f"tool: {call.name}", content=body), completion.text)
+
+    def _check_turns(self, state: _State, turn: Turn) -> None:
+        if state.turns >= self.config.max_turns:
+            self._record(turn)
+            raise EpisodeEnd(ExitStatus.TURN_LIMIT, f"reached the limit of {self.config.max_turns} turns")
+
+    async def _answer(self, state: _State, turn: Turn, message: Message, reply: str) -> None:
+        """Append the reply and the harness's answer to the prompt, or end at the context limit."""
+        continuation = render_continuation(reply, [message], self.config.reasoning)
+        turn.observation = message
+        self._record(turn)
+        added = await self.model.count_tokens(continuation[len(reply) :])
+        if state.tokens_used + added >= self.config.context_size:
+            raise EpisodeEnd(ExitStatus.CONTEXT_LIMIT, f"the dialogue reached {self.config.context_size} tokens")
+        state.prompt += continuation
+        state.tokens_used += added
+
+    def _record(self, turn: Turn) -> None:
+        if self.writer is not None:
+            self.writer.write(turn)
+
+    async def _query(self, state: _State) -> Completion:
+        room = self.config.context_size - state.tokens_used
+        if room <= 0:
+            raise EpisodeEnd(ExitStatus.CONTEXT_LIMIT, f"the dialogue reached {self.config.context_size} tokens")
+        sampling = self.sampling.model_copy(update={"max_tokens": min(self.config.reply_max_tokens, room)})
+        return await self.model.complete(state.prompt, sampling)

@@ -1,0 +1,99 @@
+"""The task's git repository: getting it into the sandbox, and taking the agent's changes out."""
+
+from __future__ import annotations
+
+import shlex
+import tempfile
+from pathlib import Path
+
+import git
+
+from cwm_agent.sandbox.base import Sandbox, SandboxError
+
+# Untracked files never worth a diff: caches, build metadata, and patch files (the submission itself).
+JUNK_PATTERN = r"(^|/)(__pycache__|\.pytest_cache|\.mypy_cache|\.ruff_cache|\.tox|\.nox|\.eggs|[^/]*\.egg-info)(/|$)|\.py[cod]$|\.(diff|patch|orig|rej)$"
+
+
+DIFF_FILE = "/tmp/.cwm-agent-final.diff"
+
+
+class RepoError(ValueError):
+    """The repository or revision given by the user cannot be used; the message says why."""
+
+
+def checkout_copy(source: str, revision: str | None, dest: Path) -> str:
+    """Clone `source` (a local path or a git URL) into `dest` at `revision`; returns the commit sha.
+
+    The user's own checkout is never touched: uncommitted changes there are not part of the task.
+    """
+    local = Path(source).expanduser()
+    if local.exists():
+        try:
+            git.Repo(local)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            raise RepoError(f"{source} is not a git repository (run `git init && git add -A && git commit` there first)") from None
+        source = str(local.resolve())
+    try:
+        repo = git.Repo.clone_from(source, dest, no_hardlinks=True)
+    except git.GitCommandError as exc:
+        raise RepoError(f"cannot clone {source}: {exc.stderr.strip() or exc}") from None
+    if revision:
+        try:
+            repo.git.checkout("--quiet", "--detach", revision)
+        except git.GitCommandError:
+            raise RepoError(f"revision {revision!r} does not exist in {source}") from None
+    sha = repo.head.commit.hexsha
+    for remote in repo.remotes:
+        repo.delete_remote(remote)
+    return sha
+
+
+def copy_repo_in(sandbox: Sandbox, source: str, revision: str | None, repo_dir: str) -> str:
+    """Put a checkout of `source` at `revision` into `repo_dir` in the sandbox; returns the commit sha."""
+    with tempfile.TemporaryDirectory(prefix="cwm-repo-") as tmp:
+        checkout = Path(tmp) / "repo"
+        sha = checkout_copy(source, revision, checkout)
+        result = sandbox.run(f"mkdir -p {shlex.quote(repo_dir)}")
+        if result.exit_code != 0:
+            raise SandboxError(f"cannot create {repo_dir} in the sandbox: {result.output}")
+        sandbox.copy_in(checkout, repo_dir)
+    return sha
+
+
+def head_commit(sandbox: Sandbox, repo_dir: str) -> str:
+    result = sandbox.run(f"git -C {shlex.quote(repo_dir)} rev-parse HEAD")
+    if result.exit_code != 0:
+        raise SandboxError(f"{repo_dir} in the sandbox is not a git repository: {result.output.strip()}")
+    return result.output.strip()
+
+
+def working_tree_diff(sandbox: Sandbox, repo_dir: str, base_commit: str, exclude: list[str] = ()) -> str:
+    """`git diff` of the working tree against `base_commit`, new files included.
+
+    Uses a throw-away index so the agent's own index, commits and stashes don't matter; skips
+    untracked junk (caches, `*.egg-info`, patch files) and the paths in `exclude`.
+    """
+    excluded = "|".join(["^(" + "|".join(map(_regex_escape, exclude)) + ")$"] if exclude else [])
+    filter_cmd = f"grep -zvE {shlex.quote(JUNK_PATTERN)}"
+    if excluded:
+        filter_cmd += f" | grep -zvE {shlex.quote(excluded)}"
+    script = f"""(
+cd {shlex.quote(repo_dir)} || exit 1
+idx=$(mktemp) && trap 'rm -f "$idx"' EXIT
+export GIT_INDEX_FILE="$idx"
+git read-tree {shlex.quote(base_commit)} || exit 1
+git add -u -- . || exit 1
+git ls-files -z --others --exclude-standard | {{ {filter_cmd} || true; }} | xargs -0 -r git add -f -- || exit 1
+git -c core.quotePath=false diff --cached --binary --no-color {shlex.quote(base_commit)} > {DIFF_FILE}
+)"""
+    # The diff goes through a file: the session's output cap must not cut it.
+    result = sandbox.run(script)
+    if result.exit_code != 0:
+        raise SandboxError(f"taking the diff of {repo_dir} failed: {result.output[-2000:]}")
+    diff = sandbox.read_file(DIFF_FILE).decode("utf-8", errors="replace")
+    sandbox.run(f"rm -f {DIFF_FILE}")
+    return diff
+
+
+def _regex_escape(path: str) -> str:
+    return "".join("\\" + c if c in r".^$*+?()[]{}|\\" else c for c in path)

@@ -1,0 +1,154 @@
+"""One task through the pipeline: sandbox → repository → agent loop → trajectory, patch, diff.
+
+`solve` calls this once; batch runs (SWE-bench, rollouts) call it for every (task, rollout)
+from a pool of asyncio workers sharing one model client. Sandbox work runs in threads so the
+event loop (and the model) never waits on Docker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from cwm_agent import __version__
+from cwm_agent.agent.config import RunConfig
+from cwm_agent.agent.loop import Agent, cut_to_tokens
+from cwm_agent.agent.repo import copy_repo_in, head_commit, working_tree_diff
+from cwm_agent.agent.task import Task
+from cwm_agent.agent.trajectory import ExitStatus, Header, Result, TrajectoryWriter
+from cwm_agent.model.client import ModelClient, ModelError
+from cwm_agent.prompts.templates import issue_prompt, system_prompt, test_generation_prompt
+from cwm_agent.sandbox import make_sandbox
+from cwm_agent.sandbox.base import Sandbox, SandboxError
+from cwm_agent.tools import ToolContext
+
+
+@dataclass
+class RunOutcome:
+    """What one episode produced. `patch` is the last accepted submission (None: none accepted)."""
+
+    task_id: str
+    status: ExitStatus
+    detail: str
+    patch: str | None
+    final_diff: str
+    turns: int
+    context_tokens: int
+    completion_tokens: int
+    elapsed: float
+    trajectory: Path
+
+
+def _sandbox_for(task: Task, config: RunConfig, run_id: str) -> Sandbox:
+    sandbox_config = config.sandbox.model_copy(
+        update={
+            "image": task.image or config.sandbox.image,
+            "workdir": task.repo_dir,
+            "startup_commands": [*config.sandbox.startup_commands, *task.startup_commands],
+            "run_id": run_id,
+        }
+    )
+    return make_sandbox(sandbox_config)
+
+
+def _prepare_repo(sandbox: Sandbox, task: Task) -> str:
+    """Make the task's repository ready in the sandbox; returns the base commit."""
+    if task.repo_source is not None:
+        base = copy_repo_in(sandbox, task.repo_source, task.base_commit, task.repo_dir)
+    else:
+        base = task.base_commit or head_commit(sandbox, task.repo_dir)
+    if task.scrub_history:
+        from cwm_agent.benchmarks.swebench.images import scrub_git_history
+
+        scrub_git_history(sandbox, base)
+    return base
+
+
+async def run_task(
+    task: Task,
+    config: RunConfig,
+    model: ModelClient,
+    trajectory_path: Path,
+    run_id: str | None = None,
+) -> RunOutcome:
+    """Run one episode of `task`; always writes the trajectory and always removes the sandbox."""
+    run_id = run_id or uuid.uuid4().hex[:12]
+    started = time.monotonic()
+    writer = TrajectoryWriter(trajectory_path)
+    sandbox = _sandbox_for(task, config, run_id)
+    base_commit = ""
+    status, detail, submission, diff = ExitStatus.SANDBOX_ERROR, "", None, ""
+    turns = context_tokens = completion_tokens = 0
+    try:
+        statement = await cut_to_tokens(model, task.problem_statement, config.agent.issue_max_tokens, keep="right")
+        user_prompt = test_generation_prompt(statement) if task.kind == "test" else issue_prompt(statement)
+        system = system_prompt(
+            session_timeout=int(config.sandbox.command_timeout),
+            context_size=config.agent.context_size,
+            max_turns=config.agent.max_turns,
+        )
+        writer.write(
+            Header(
+                run_id=run_id,
+                started_at=time.time(),
+                versions={"cwm_agent": __version__, "python": platform.python_version(), "model": config.model.model or ""},
+                task=task.model_dump(mode="json"),
+                config=config.model_dump(mode="json"),
+                reasoning=config.agent.reasoning,
+                system_prompt=system,
+                user_prompt=user_prompt,
+            )
+        )
+        await asyncio.to_thread(sandbox.start)
+        base_commit = await asyncio.to_thread(_prepare_repo, sandbox, task)
+        tools = ToolContext(
+            sandbox=sandbox,
+            repo_dir=task.repo_dir,
+            base_commit=base_commit,
+            command_timeout=config.sandbox.command_timeout,
+            submit_kind="file" if task.kind == "test" else "patch",
+        )
+        episode = await Agent(config.agent, config.sampling, model, tools, writer).run(system, user_prompt)
+        status, detail, submission = episode.status, episode.detail, episode.submission
+        turns, context_tokens, completion_tokens = episode.turns, episode.context_tokens, episode.completion_tokens
+        diff = await asyncio.to_thread(working_tree_diff, sandbox, task.repo_dir, base_commit)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        status, detail = ExitStatus.INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)"
+        raise
+    except ModelError as exc:
+        status, detail = ExitStatus.MODEL_ERROR, str(exc)
+    except SandboxError as exc:
+        status, detail = ExitStatus.SANDBOX_ERROR, str(exc)
+    finally:
+        result = Result(
+            exit_status=status,
+            detail=detail,
+            submission=submission,
+            final_diff=diff,
+            base_commit=base_commit,
+            turns=turns,
+            prompt_tokens=context_tokens,
+            completion_tokens=completion_tokens,
+            elapsed=time.monotonic() - started,
+        )
+        writer.write(result)
+        writer.close()
+        # Off the event loop (other rollouts keep talking to the model), and shielded so that
+        # a second cancellation cannot leave the container behind.
+        await asyncio.shield(asyncio.to_thread(sandbox.close))
+    return RunOutcome(
+        task_id=task.task_id,
+        status=status,
+        detail=detail,
+        patch=submission,
+        final_diff=diff,
+        turns=turns,
+        context_tokens=context_tokens,
+        completion_tokens=completion_tokens,
+        elapsed=result.elapsed,
+        trajectory=trajectory_path,
+    )
