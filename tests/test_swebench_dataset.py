@@ -148,3 +148,19 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert result.exit_code == 2 and "nope__x-1" in result.output
     result = runner.invoke(app, ["swebench", "eval-script", "-d", str(VERIFIED), "django__django-11099"])
     assert result.exit_code == 0 and START_TEST_OUTPUT in result.output
+
+
+def test_unreachable_hub_fails_fast_with_advice(monkeypatch, tmp_path):
+    import time
+
+    # A closed port on 127.0.0.1 stands in for an unreachable hub (no traffic leaves the machine).
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    pytest.importorskip("datasets")
+    started = time.monotonic()
+    with pytest.raises(DatasetError, match="unreachable.*local .jsonl"):
+        load_instances("princeton-nlp/SWE-bench_Verified")
+    assert time.monotonic() - started < 15

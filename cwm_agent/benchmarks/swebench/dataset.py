@@ -150,9 +150,17 @@ def _load_hub(name: str, split: str) -> list[dict[str, Any]]:
         ) from None
     offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
     if not offline and not _hub_reachable():
-        # The hub is unreachable: the cache may still hold the dataset from an earlier run.
+        # The hub is unreachable: the cache may still hold the dataset from an earlier run. The
+        # libraries read these switches at import time, so set both the environment and their config.
         os.environ["HF_DATASETS_OFFLINE"] = "1"
         os.environ["HF_HUB_OFFLINE"] = "1"
+        datasets.config.HF_DATASETS_OFFLINE = True
+        try:
+            import huggingface_hub.constants
+
+            huggingface_hub.constants.HF_HUB_OFFLINE = True
+        except (ImportError, AttributeError):
+            pass
         offline = True
     try:
         ds = datasets.load_dataset(name, split=split)
