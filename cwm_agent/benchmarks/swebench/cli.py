@@ -159,4 +159,7 @@ def eval_script(
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to the top-level app."""
+    from cwm_agent.benchmarks.swebench.run_cli import run_command
+
+    swebench_app.command("run")(run_command)
     app.add_typer(swebench_app, name="swebench")
