@@ -1,0 +1,149 @@
+"""No container left behind: live sandboxes are closed on exit, SIGINT and SIGTERM; `prune` removes leftovers.
+
+A process killed with SIGKILL cannot clean up; its containers keep their labels (project,
+run id, owner pid and the owner's start time) so `prune` can find them afterwards.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import socket
+import threading
+from typing import Any, Protocol
+
+from cwm_agent.sandbox.base import OWNER_PID_LABEL, PROJECT_LABEL, RUN_ID_LABEL
+
+log = logging.getLogger(__name__)
+
+PROJECT_VALUE = "cwm-agent"
+"""Value of PROJECT_LABEL on every container the project starts."""
+OWNER_HOST_LABEL = "io.cwm-agent.owner-host"
+"""Host name of the process that started the container (pids only mean something there)."""
+OWNER_START_LABEL = "io.cwm-agent.owner-start"
+"""Start time (clock ticks since boot) of the owner process, so a reused pid is not taken for it."""
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_live: dict[int, _Closable] = {}
+_lock = threading.Lock()
+_installed = False
+
+
+def process_start_ticks(pid: int) -> str:
+    """Start time of process `pid` from /proc (clock ticks since boot), or "" when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def owner_labels() -> dict[str, str]:
+    """Labels naming this process as a container's owner."""
+    pid = os.getpid()
+    return {
+        PROJECT_LABEL: PROJECT_VALUE,
+        OWNER_PID_LABEL: str(pid),
+        OWNER_HOST_LABEL: socket.gethostname(),
+        OWNER_START_LABEL: process_start_ticks(pid),
+    }
+
+
+def track(sandbox: _Closable) -> None:
+    """Close `sandbox` when this process exits or gets SIGINT/SIGTERM (until `untrack`)."""
+    with _lock:
+        _live[id(sandbox)] = sandbox
+    install_handlers()
+
+
+def untrack(sandbox: _Closable) -> None:
+    with _lock:
+        _live.pop(id(sandbox), None)
+
+
+def close_all() -> None:
+    """Close every live sandbox of this process (never raises)."""
+    with _lock:
+        live = list(_live.values())
+    for sandbox in live:
+        try:
+            sandbox.close()
+        except Exception as exc:  # cleanup must go on for the others
+            log.warning("closing %r failed: %s", sandbox, exc)
+
+
+def install_handlers() -> None:
+    """Close live sandboxes on SIGINT/SIGTERM, then behave as before: the previous handler runs
+    (Python's SIGINT handler raises KeyboardInterrupt), and a default SIGTERM becomes
+    SystemExit(143) so `finally` blocks run. An ignored signal stays ignored. Only the main
+    thread may install handlers; elsewhere this only registers the exit hook."""
+    global _installed
+    if _installed:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        atexit.register(close_all)  # harmless if registered again from the main thread later
+        return
+    _installed = True
+    atexit.register(close_all)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(signum)
+        if previous in (signal.SIG_IGN, None):
+            continue
+        signal.signal(signum, _make_handler(signum, previous))
+
+
+def _make_handler(signum: int, previous: Any):
+    def handler(sig: int, frame: Any) -> None:
+        close_all()
+        if callable(previous):
+            previous(sig, frame)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        else:
+            raise SystemExit(128 + sig)
+
+    return handler
+
+
+def _owner_alive(labels: dict[str, str]) -> bool:
+    """Whether the process that started a container still runs; unknown counts as alive."""
+    if labels.get(OWNER_HOST_LABEL, socket.gethostname()) != socket.gethostname():
+        return True
+    try:
+        pid = int(labels.get(OWNER_PID_LABEL, ""))
+    except ValueError:
+        return True
+    start = process_start_ticks(pid)
+    if not start:
+        return False
+    expected = labels.get(OWNER_START_LABEL, "")
+    return not expected or expected == start
+
+
+def prune(run_id: str | None = None, dead_only: bool = False, client: Any = None) -> list[str]:
+    """Remove the project's containers (only run `run_id`'s when given; only those whose owner
+    process is gone when `dead_only`). Returns the removed containers' names."""
+    import docker.errors
+
+    from cwm_agent.sandbox.images import docker_client
+
+    client = client or docker_client()
+    filters = [f"{PROJECT_LABEL}={PROJECT_VALUE}"]
+    if run_id:
+        filters.append(f"{RUN_ID_LABEL}={run_id}")
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": filters}):
+        if dead_only and _owner_alive(container.labels):
+            continue
+        try:
+            container.remove(force=True)
+            removed.append(container.name)
+        except docker.errors.NotFound:
+            pass
+    return removed

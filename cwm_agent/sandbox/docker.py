@@ -1,0 +1,434 @@
+"""The Docker backend: one container per sandbox, one attached `docker exec -i bash` stream for its session.
+
+The container's main process only keeps it alive (`sleep infinity` under Docker's init);
+the session is a `bash` started with `exec_create`/`exec_start(socket=True)` and driven by
+`BashSession`. Files move with the archive API, so nothing but bash and coreutils has to
+be in the image.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import posixpath
+import select
+import socket
+import struct
+import tarfile
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from cwm_agent.sandbox import cleanup
+from cwm_agent.sandbox.base import (
+    ImageNotFoundError,
+    RUN_ID_LABEL,
+    RunResult,
+    SandboxConfig,
+    SandboxError,
+)
+from cwm_agent.sandbox.session import BashSession
+
+log = logging.getLogger(__name__)
+
+_DIR_BIT = 1 << 31  # Go's os.ModeDir, as the archive API reports modes
+_SYMLINK_BIT = 1 << 27
+_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
+
+# The exec's main process. The session's output goes through a FIFO and a `cat` relay to the
+# exec's stream, so a process the session puts in the background holds only the FIFO: when
+# the session dies the relay is stopped and the exec ends at once (Docker otherwise waits for
+# every holder of the stream, and blocks other execs of the container meanwhile).
+_SESSION_MAIN = r"""
+d=$(mktemp -d /tmp/.cwm-session.XXXXXX) && mkfifo "$d/out" || exit 97
+exec 2>/dev/null  # no job notices ("Killed") of our own in the output
+cat "$d/out" & relay=$!
+bash --noprofile --norc > "$d/out" 2>&1
+rm -rf "$d"
+sleep 0.05
+kill -9 $relay 2>/dev/null
+"""
+
+
+class _ExecStream:
+    """The hijacked socket of a `docker exec -i` without a tty: frames of (stream, size, bytes)."""
+
+    def __init__(self, api: docker.APIClient, exec_id: str, sock: Any) -> None:
+        self.api = api
+        self.exec_id = exec_id
+        self._io = sock
+        self._sock: socket.socket = getattr(sock, "_sock", sock)
+        self._buf = bytearray()
+        self._eof = False
+
+    def send(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def read(self, timeout: float) -> bytes | None:
+        if self._eof:
+            return b""
+        out = self._frames()
+        if out:
+            return out
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([self._sock], [], [], remaining)
+            if not ready:
+                return None
+            try:
+                chunk = self._sock.recv(1 << 20)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._eof = True
+                return self._frames() or b""
+            self._buf += chunk
+            out = self._frames()
+            if out:
+                return out
+
+    def _frames(self) -> bytes:
+        """Payloads of the complete frames in the buffer (stdout and stderr alike, in order)."""
+        out = bytearray()
+        buf = self._buf
+        pos = 0
+        while len(buf) - pos >= 8:
+            size = struct.unpack(">I", buf[pos + 4 : pos + 8])[0]
+            if len(buf) - pos - 8 < size:
+                break
+            out += buf[pos + 8 : pos + 8 + size]
+            pos += 8 + size
+        del buf[:pos]
+        return bytes(out)
+
+    def alive(self) -> bool:
+        try:
+            return bool(self.api.exec_inspect(self.exec_id).get("Running"))
+        except docker.errors.APIError:
+            return False
+
+    def close(self) -> None:
+        for closer in (self._sock.close, self._io.close):
+            try:
+                closer()
+            except OSError:
+                pass
+
+
+class _ContainerHost:
+    """`ShellHost` for a running container."""
+
+    orphans_are_ours = True
+
+    def __init__(self, sandbox: "DockerSandbox") -> None:
+        self.sandbox = sandbox
+
+    @property
+    def api(self) -> docker.APIClient:
+        return self.sandbox.client.api
+
+    def spawn_shell(self, workdir: str, env: dict[str, str]) -> _ExecStream:
+        cid = self.sandbox.container_id
+        try:
+            exec_id = self.api.exec_create(
+                cid, ["bash", "-c", _SESSION_MAIN], stdin=True, stdout=True, stderr=True, tty=False,
+                workdir=workdir, environment=env,
+            )["Id"]
+            sock = self.api.exec_start(exec_id, socket=True)
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"Could not start bash in container {self.sandbox.name}: {exc}") from exc
+        return _ExecStream(self.api, exec_id, sock)
+
+    def run_helper(self, script: str, args: list[str], timeout: float) -> bool:
+        try:
+            exec_id = self.api.exec_create(self.sandbox.container_id, ["bash", "-c", script, "cwm-helper", *args])["Id"]
+            output = self.api.exec_start(exec_id)
+            code = self.api.exec_inspect(exec_id).get("ExitCode")
+            if code != 0:  # e.g. no pid left to start it with
+                log.warning("helper in %s failed (exit %s): %s", self.sandbox.name, code, output[-300:])
+            return code == 0
+        except docker.errors.APIError as exc:
+            log.warning("helper in %s could not run: %s", self.sandbox.name, exc)
+            return False
+
+    def reset(self) -> None:
+        # Killing the container's init kills every process in its pid namespace; files stay.
+        log.warning("restarting container %s: no process could be started in it", self.sandbox.name)
+        try:
+            self.sandbox.container.restart(timeout=0)
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"Container {self.sandbox.name} could not be restarted: {exc}") from exc
+
+
+class DockerSandbox:
+    """A sandbox in a Docker container. See `cwm_agent.sandbox.base.Sandbox` for the contract.
+
+    `run_id` is `config.run_id` or a generated one; the container is named `cwm-RUNID-XXXXXX`.
+    Files written or copied in belong to the session's user (an overwritten file keeps its owner).
+    """
+
+    def __init__(self, config: SandboxConfig, client: docker.DockerClient | None = None) -> None:
+        self.config = config
+        self._client = client
+        self.run_id = config.run_id or uuid.uuid4().hex[:12]
+        self.name = f"cwm-{self.run_id}-{uuid.uuid4().hex[:6]}"
+        self.container: Any = None
+        self.session: BashSession | None = None
+        self._closed = False
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            from cwm_agent.sandbox.images import docker_client
+
+            self._client = docker_client()
+        return self._client
+
+    @property
+    def container_id(self) -> str:
+        if self.container is None:
+            raise SandboxError("The sandbox is not started.")
+        return self.container.id
+
+    @property
+    def workdir(self) -> str:
+        """The directory the session starts in (inside the container)."""
+        return self.config.workdir
+
+    def start(self) -> None:
+        if self._closed:
+            raise SandboxError("The sandbox is closed.")
+        if self.session is not None:
+            return
+        cleanup.track(self)
+        try:
+            self._ensure_image()
+            self._create_container()
+            self.session = BashSession(
+                _ContainerHost(self),
+                self.config.workdir,
+                env=self.config.env,
+                startup_commands=self.config.startup_commands,
+                output_cap_bytes=self.config.output_cap_bytes,
+                default_timeout=self.config.command_timeout,
+            )
+            self.session.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _ensure_image(self) -> None:
+        image = self.config.image
+        try:
+            self.client.images.get(image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        if not self.config.allow_pull:
+            hint = "run `cwm-agent setup`" if image.startswith("cwm-agent/base") else "build or load it (`docker load`)"
+            raise ImageNotFoundError(
+                f"Image {image} is not on the Docker engine: {hint}, or allow pulling it (allow_pull)."
+            )
+        try:
+            log.info("pulling %s", image)
+            self.client.images.pull(image)
+        except docker.errors.APIError as exc:
+            raise ImageNotFoundError(f"Image {image} is not on the engine and pulling it failed: {exc}") from exc
+
+    def _create_container(self) -> None:
+        c = self.config
+        labels = {**cleanup.owner_labels(), RUN_ID_LABEL: self.run_id}
+        try:
+            self.container = self.client.containers.run(
+                c.image,
+                entrypoint=["sleep", "infinity"],
+                command=[],
+                name=self.name,
+                detach=True,
+                init=True,
+                labels=labels,
+                network_mode="host" if c.network == "host" else "none",
+                mem_limit=c.memory,
+                memswap_limit=c.memory,  # no swap on top: the limit is the limit
+                nano_cpus=int(c.cpus * 1e9),
+                pids_limit=c.pids_limit,
+                privileged=False,
+                working_dir=c.workdir,  # created by Docker when missing
+                stdin_open=False,
+                tty=False,
+            )
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"Could not start a container from {c.image}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        cleanup.untrack(self)
+        if self.session is not None:
+            self.session._closed = True
+            if self.session._stream is not None:
+                self.session._stream.close()
+        try:
+            # By name: also covers a container created by a call that was interrupted.
+            self.client.api.remove_container(self.container.id if self.container else self.name, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc):
+                log.warning("could not remove container %s: %s", self.name, exc)
+        except SandboxError:
+            pass  # no engine: nothing we could remove
+
+    def __enter__(self) -> "DockerSandbox":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DockerSandbox({self.name}, image={self.config.image})"
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def run(self, command: str, timeout: float | None = None) -> RunResult:
+        if self.session is None:
+            self.start()
+        assert self.session is not None
+        return self.session.run(command, timeout)
+
+    # -- files ------------------------------------------------------------------------------
+
+    def _abs(self, path: str) -> str:
+        return posixpath.normpath(posixpath.join(self.config.workdir, path))
+
+    def _get(self, path: str) -> tuple[bytes, dict]:
+        if self.container is None:
+            self.start()
+        try:
+            bits, stat = self.container.get_archive(path)
+            return b"".join(bits), stat
+        except docker.errors.NotFound:
+            raise FileNotFoundError(f"{path}: no such file in the sandbox") from None
+
+    def read_file(self, path: str) -> bytes:
+        path = self._abs(path)
+        for _ in range(16):  # follow symlinks, a bounded number of times
+            data, stat = self._get(path)
+            if stat["mode"] & _DIR_BIT:
+                raise IsADirectoryError(f"{path}: is a directory")
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                member = tar.next()
+                if member is None:
+                    raise FileNotFoundError(path)
+                if member.issym():
+                    path = posixpath.normpath(posixpath.join(posixpath.dirname(path), member.linkname))
+                    continue
+                f = tar.extractfile(member)
+                if f is None:
+                    raise IsADirectoryError(f"{path}: not a regular file")
+                return f.read()
+        raise OSError(f"{path}: too many levels of symbolic links")
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        path = self._abs(path)
+        uid, gid = self._session_owner()
+        try:
+            existing, stat = self._get(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if stat["mode"] & _DIR_BIT:
+                raise IsADirectoryError(f"{path}: is a directory")
+            if not stat["mode"] & _SYMLINK_BIT:
+                with tarfile.open(fileobj=io.BytesIO(existing)) as tar:
+                    member = tar.next()
+                    if member is not None:
+                        uid, gid = member.uid, member.gid
+        parent, name = posixpath.split(path)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime, info.uid, info.gid = len(data), mode, int(time.time()), uid, gid
+            tar.addfile(info, io.BytesIO(data))
+        self._put(parent or "/", buf.getvalue())
+
+    def _put(self, directory: str, archive: Any) -> None:
+        try:
+            ok = self.container.put_archive(directory, archive)
+        except docker.errors.NotFound:
+            raise FileNotFoundError(f"{directory}: no such directory in the sandbox") from None
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"Copying into {directory} failed: {exc.explanation or exc}") from exc
+        if not ok:
+            raise SandboxError(f"Copying into {directory} failed.")
+
+    def _session_owner(self) -> tuple[int, int]:
+        if self.session is None:
+            self.start()
+        assert self.session is not None
+        return self.session.uid, self.session.gid
+
+    def copy_in(self, src: Path, dest: str) -> None:
+        """A directory's contents go into `dest`; a file goes to `dest/NAME`; a .tar (.gz, .xz, .bz2)
+        archive is unpacked into `dest`. `dest` is created when missing."""
+        src = Path(src)
+        dest = self._abs(dest)
+        if not src.exists():
+            raise FileNotFoundError(f"{src}: no such file or directory")
+        uid, gid = self._session_owner()
+        self._mkdir(dest)
+        if src.is_file() and src.name.endswith(_ARCHIVE_SUFFIXES):
+            with open(src, "rb") as f:
+                self._put(dest, f)
+            return
+
+        def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+            info.uid, info.gid, info.uname, info.gname = uid, gid, "", ""
+            return info
+
+        with tempfile.TemporaryFile() as tmp:
+            with tarfile.open(fileobj=tmp, mode="w") as tar:
+                if src.is_dir():
+                    for child in sorted(src.iterdir()):
+                        tar.add(child, arcname=child.name, filter=owned)
+                else:
+                    tar.add(src, arcname=src.name, filter=owned)
+            tmp.seek(0)
+            self._put(dest, tmp)
+
+    def _mkdir(self, path: str) -> None:
+        result = self.container.exec_run(["mkdir", "-p", "--", path], user=f"{self.session.uid}:{self.session.gid}")
+        if result.exit_code != 0:
+            raise SandboxError(f"Could not create {path} in the sandbox: {result.output.decode(errors='replace').strip()}")
+
+    def copy_out(self, src: str, dest: Path) -> None:
+        """`src` (a file or a directory, kept under its own name) lands in the host directory `dest`."""
+        src = self._abs(src)
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        if self.container is None:
+            self.start()
+        try:
+            bits, _ = self.container.get_archive(src)
+        except docker.errors.NotFound:
+            raise FileNotFoundError(f"{src}: no such file in the sandbox") from None
+        with tempfile.TemporaryFile() as tmp:
+            for chunk in bits:
+                tmp.write(chunk)
+            tmp.seek(0)
+            with tarfile.open(fileobj=tmp) as tar:
+                tar.extractall(dest, filter="data")
