@@ -270,6 +270,15 @@ def test_a_client_that_forgets_max_tokens_gets_16_tokens_like_vllm():
     assert reply["usage"]["completion_tokens"] == 16
 
 
+def test_a_failing_policy_answers_500_with_its_error():
+    def policy(request):
+        raise KeyError("no such turn")
+
+    with ScriptedServer(policy=policy) as server:
+        reply = httpx.post(f"{server.url}/completions", json={"prompt": "a", "max_tokens": 5}, timeout=5)
+    assert reply.status_code == 500 and "the policy failed on request #0: KeyError" in reply.json()["error"]["message"]
+
+
 def test_an_exhausted_script_answers_500_naming_the_request():
     with ScriptedServer(["only"]) as server:
         httpx.post(f"{server.url}/completions", json={"prompt": "a", "max_tokens": 5}, timeout=5)

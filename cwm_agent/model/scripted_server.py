@@ -187,10 +187,19 @@ class ScriptTokenizer:
 
 
 def _common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
-    """Length of the shared start of two id lists or strings (binary search over C-speed slice compares)."""
-    lo, hi = 0, min(len(a), len(b))
-    if a[:hi] == b[:hi]:
-        return hi
+    """Length of the shared start of two id lists or strings.
+
+    Gallops over C-speed slice compares, then bisects: the cost follows the shared length, so
+    contexts of other rollouts (which differ early) cost little."""
+    limit = min(len(a), len(b))
+    lo, step = 0, 64
+    while True:  # invariant: a[:lo] == b[:lo]
+        hi = min(limit, lo + step)
+        if a[lo:hi] != b[lo:hi]:
+            break
+        if hi == limit:
+            return limit
+        lo, step = hi, step * 2
     while lo < hi - 1:  # invariant: a[:lo] == b[:lo] and a[:hi] != b[:hi]
         mid = (lo + hi) // 2
         if a[:mid] == b[:mid]:
@@ -238,7 +247,7 @@ class ScriptedServer:
         self.fallback = fallback
         self.tokenizer = ScriptTokenizer()
         self._requests: list[RecordedRequest] = []
-        self._contexts: list[tuple[list[int], list[int]]] = []  # (prompt ids, reply ids) per answered request
+        self._contexts: list[list[int]] = []  # prompt + reply ids of each answered request
         self._faults: list[tuple[Fault, str]] = []
         self._next_reply = 0
         self._generation_index = 0
@@ -341,7 +350,10 @@ class ScriptedServer:
 
     def _next_entry(self, request: ScriptedRequest) -> Reply | Fault:
         if self.policy is not None:
-            return parse_entry(self.policy(request))
+            try:
+                return parse_entry(self.policy(request))
+            except Exception as exc:  # a test's policy bug should read as an answer, not a dead thread
+                raise _NoReply(500, f"scripted server: the policy failed on request #{request.index}: {exc!r}") from None
         with self._lock:
             if self._next_reply < len(self.script):
                 entry = self.script[self._next_reply]
@@ -360,7 +372,7 @@ class ScriptedServer:
     def _cached(self, prompt_ids: list[int]) -> int:
         with self._lock:
             contexts = list(self._contexts)
-        best = max((_common_prefix(prompt_ids, p + r) for p, r in contexts), default=0)
+        best = max((_common_prefix(prompt_ids, context) for context in contexts), default=0)
         # vLLM always computes the last prompt token and caches whole blocks only.
         best = min(best, len(prompt_ids) - 1)
         return max(0, best - best % self.block_size)
@@ -454,7 +466,7 @@ class ScriptedServer:
         cached = self._cached(prompt_ids)
         with self._lock:
             for reply_ids in reply_ids_all:
-                self._contexts.append((prompt_ids, reply_ids))
+                self._contexts.append(prompt_ids + reply_ids)
         completion_tokens = sum(len(r) for r in reply_ids_all)
         record.reply = texts[0]
         record.finish_reason = choices[0]["finish_reason"]
