@@ -50,6 +50,7 @@ def test_complete_sends_the_prompt_as_is_with_cwm_sampling_and_reads_usage():
     assert body["max_tokens"] == 65536 and body["temperature"] == 1.0 and body["top_p"] == 0.95
     assert body["stop"] == [EOT] and body["stop_token_ids"] == CWM_STOP_TOKEN_IDS and body["seed"] == 7
     assert body["skip_special_tokens"] is False and body["include_stop_str_in_output"] is False
+    assert body["add_special_tokens"] is False  # the prompt has its BOS; vLLM would add another
     assert done.text == "<think>\nlook\n</think>\n<tool: bash>\nls\n</tool>"
     assert done.finish_reason == "stop" and done.stop_reason == EOT
     assert done.prompt_tokens == server.generation_requests()[0].prompt_tokens == 12

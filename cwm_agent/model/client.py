@@ -364,6 +364,9 @@ class ModelClient:
                 sampling = sampling.model_copy(update={"max_tokens": available})
         chat = endpoint.startswith("chat")
         body = {"model": await self._model_id(), **payload, **sampling.request_fields()}
+        if not chat:
+            # The rendered prompt already starts with <|begin_of_text|>; vLLM would add a second one.
+            body.setdefault("add_special_tokens", False)
 
         def parse(data: dict[str, Any]) -> list[tuple[str, str | None, Any]]:
             choices = data.get("choices")

@@ -401,6 +401,9 @@ class ScriptedServer:
                 raise _NoReply(400, "`prompt` must be a string or a list of token ids")
         record.prompt = prompt
         prompt_ids = self.tokenizer.encode(prompt)
+        if not chat and body.get("add_special_tokens", True):
+            # Like vLLM: a completions prompt gets BOS unless the client says not to.
+            prompt_ids = [SPECIAL_IDS["<|begin_of_text|>"], *prompt_ids]
         record.prompt_tokens = len(prompt_ids)
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
