@@ -198,4 +198,4 @@ class Agent:
         if room <= 0:
             raise EpisodeEnd(ExitStatus.CONTEXT_LIMIT, f"the dialogue reached {self.config.context_size} tokens")
         sampling = self.sampling.model_copy(update={"max_tokens": min(self.config.reply_max_tokens, room)})
-        return await self.model.complete(state.prompt, sampling)
+        return await self.model.complete(state.prompt, sampling, prompt_tokens=state.tokens_used)
