@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 from cwm_agent.benchmarks.swebench.dataset import Prediction
 from cwm_agent.benchmarks.swebench.evaluate import EvalOptions, _sandbox_config, evaluate_predictions
 from cwm_agent.benchmarks.swebench.local import INSTANCES_FILE
-from cwm_agent.sandbox.base import PROJECT_LABEL
+from cwm_agent.sandbox.base import OWNER_PID_LABEL
 
 pytestmark = pytest.mark.docker
 
@@ -46,7 +47,9 @@ def _by_id(instances):
 
 
 def _no_containers_left():
-    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={PROJECT_LABEL}"], capture_output=True, text=True).stdout
+    # Only this process's containers: other suites may be running beside this one.
+    label = f"label={OWNER_PID_LABEL}={os.getpid()}"
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", label], capture_output=True, text=True).stdout
     assert out.strip() == "", f"containers left behind: {out}"
 
 
