@@ -59,10 +59,11 @@ USER_HZ = 100
 # fork bomb holds every pid the container may have. Arguments: signal, the session's pid,
 # the earliest start time (clock ticks since boot) of a process to hit, whether processes
 # re-parented to pid 1 count (only inside a container's own pid namespace), and whether the
-# session shell itself is hit. SIGKILL first stops the targets, a few rounds, so a fork
+# session shell itself is hit, and the last pid allocated when the command started (it tells
+# apart processes started in the same clock tick). SIGKILL first stops the targets, a few rounds, so a fork
 # bomb cannot outrun it.
 KILL_HELPER = r"""
-sig=$1 root=$2 cutoff=$3 orphans=$4 withroot=$5
+sig=$1 root=$2 cutoff=$3 orphans=$4 withroot=$5 lastpid=${6:-0}
 declare -A parent start
 scan() {
   parent=() start=()
@@ -80,7 +81,8 @@ scan() {
       [[ $withroot == 1 ]] && targets+=("$pid")
       continue
     fi
-    (( ${start[$pid]} >= cutoff )) || continue
+    # Started after the cutoff tick, or within it but after the last pid then allocated.
+    (( start[$pid] > cutoff || (start[$pid] == cutoff && pid > lastpid) )) || continue
     local p=${parent[$pid]} n=0
     while [[ -n $p && $p != 0 && $p != 1 && $p != "$root" && $n -lt 64 ]]; do p=${parent[$p]}; n=$((n+1)); done
     if [[ $p == "$root" || ( $orphans == 1 && $p == 1 ) ]]; then targets+=("$pid"); fi
@@ -212,6 +214,9 @@ class BashSession:
         self._closed = False
         # Where the shell's clock (seconds since boot) stood at a moment of our monotonic clock.
         self._uptime_at = (0.0, 0.0)
+        self._start_marker: bytes | None = None
+        self._start_ticks: int | None = None
+        self._start_last_pid = 0
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -303,9 +308,15 @@ class BashSession:
         wrapped = (
             f"__cwm_id={cid}\n"
             f"IFS= \\builtin read -r -d '' __cwm_cmd <<'{delimiter}' || \\builtin true\n{body}{delimiter}\n"
+            # When the command starts, on the clock of /proc/PID/stat: what it starts is what a timeout stops.
+            f"\\builtin read -r __cwm_t __cwm_r </proc/uptime; \\builtin read -r __cwm_r __cwm_r __cwm_r __cwm_r __cwm_p </proc/loadavg; "
+            f"\\builtin printf '__CWM_START_%s__%s %s\\n' {cid} \"$__cwm_t\" \"$__cwm_p\"; "
             f"\\builtin eval \"$__cwm_cmd\" </dev/null; {{ __cwm_done $? {cid}; }} 2>/dev/null\n"
         ).encode()
         out = _Output(self.output_cap_bytes)
+        self._start_marker: bytes | None = f"__CWM_START_{cid}__".encode()
+        self._start_ticks: int | None = None
+        self._start_last_pid = 0
         started = time.monotonic()
         try:
             self._stream.send(wrapped)
@@ -349,12 +360,15 @@ class BashSession:
         "timeout" end when it did not answer."""
         assert self.shell_pid is not None
         # The command's processes are those started after it was sent, on the shell's clock.
-        uptime, at = self._uptime_at
-        cutoff = int((uptime + (started - at)) * USER_HZ) - 1
+        if self._start_ticks is not None:
+            cutoff, last_pid = self._start_ticks, self._start_last_pid
+        else:  # the shell has not said when the command started: estimate it with our clock
+            uptime, at = self._uptime_at
+            cutoff, last_pid = int((uptime + (started - at)) * USER_HZ) - 1, 0
         orphans = "1" if self.host.orphans_are_ours else "0"
         end = _End(None, "timeout")
         for sig in ("INT", "KILL"):
-            if not self.host.run_helper(KILL_HELPER, [sig, str(self.shell_pid), str(cutoff), orphans, "0"], timeout=10):
+            if not self.host.run_helper(KILL_HELPER, [sig, str(self.shell_pid), str(cutoff), orphans, "0", str(last_pid)], timeout=10):
                 self.host.reset()
             if end.how == "timeout":
                 end = self._collect(marker, out, time.monotonic() + self.interrupt_grace)
@@ -371,6 +385,8 @@ class BashSession:
         keep = len(marker) + 40
         quiet_since = time.monotonic()
         while True:
+            if self._start_marker is not None:
+                self._take_start_marker(out)
             idx = self._pending.find(marker)
             if idx >= 0:
                 nl = self._pending.find(b"\n", idx)
@@ -397,6 +413,26 @@ class BashSession:
                 out.add(bytes(self._pending))
                 self._pending.clear()
                 return _End(None, "died")
+
+    def _take_start_marker(self, out: _Output) -> None:
+        """Remove the line saying when the command started; what came before it is stray output of
+        background processes, which is kept."""
+        assert self._start_marker is not None
+        idx = self._pending.find(self._start_marker)
+        if idx < 0:
+            return
+        nl = self._pending.find(b"\n", idx)
+        if nl < 0:
+            return
+        value = bytes(self._pending[idx + len(self._start_marker) : nl]).decode(errors="replace")
+        out.add(bytes(self._pending[:idx]))
+        del self._pending[: nl + 1]
+        self._start_marker = None
+        uptime, _, last_pid = value.partition(" ")
+        seconds, _, hundredths = uptime.partition(".")
+        if seconds.isdigit() and hundredths.isdigit():
+            self._start_ticks = int(seconds) * USER_HZ + int(hundredths[:2].ljust(2, "0"))
+            self._start_last_pid = int(last_pid) if last_pid.isdigit() else 0
 
     def _drain(self) -> None:
         assert self._stream is not None
