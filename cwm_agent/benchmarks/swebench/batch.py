@@ -142,25 +142,33 @@ async def run_batch(
     # A prediction without its result line was torn between the two writes: run it again.
     preds = {k: v for k, v in preds.items() if k in results}
     todo = pending_instances(instances, results, rerun_errors)
+    todo_ids = {i.instance_id for i in todo}
     progress = BatchProgress(total=len(instances), done=len(instances) - len(todo))
     for instance in instances:
         record = results.get(instance.instance_id)
-        if record is not None and instance not in todo:
+        if record is not None and instance.instance_id not in todo_ids:
             progress.submitted += record.submitted
             progress.errors += record.errored
             progress.tokens += record.completion_tokens
     notify = on_update or (lambda p: None)
-    notify(progress)
-    client = docker_client()
-    run_id = uuid.uuid4().hex[:12]
-    results_out, preds_out = _Appender(results_path, results), _Appender(preds_path, preds)
+    if not todo:  # nothing to run: no model server needed, only the final rewrite (a kill may have cut it short)
+        if results_path.exists():
+            _finalize(instances, results_path, preds_path)
+        notify(progress)
+        return progress
     queue: asyncio.Queue[SWEBenchInstance] = asyncio.Queue()
     for instance in todo:
         queue.put_nowait(instance)
 
     async with ModelClient(config.model) as model:
-        model_name = config.model.model or await model.check()
+        # Asked even when the config names the model: an unreachable server fails here in seconds,
+        # before any file is written, not once per instance after minutes of retries.
+        model_name = await model.check()
         config = config.model_copy(update={"model": config.model.model_copy(update={"model": model_name})})
+        client = docker_client()
+        run_id = uuid.uuid4().hex[:12]
+        results_out, preds_out = _Appender(results_path, results), _Appender(preds_path, preds)
+        notify(progress)
 
         async def one(instance: SWEBenchInstance) -> None:
             trajectory = output_dir / "trajectories" / f"{instance.instance_id}.jsonl"
@@ -189,7 +197,6 @@ async def run_batch(
             progress.submitted += record.submitted
             progress.errors += record.errored
             progress.tokens += record.completion_tokens
-            notify(progress)
 
         async def worker() -> None:
             while not queue.empty():
@@ -200,6 +207,7 @@ async def run_batch(
                     await one(instance)
                 finally:
                     progress.running -= 1
+                    notify(progress)
 
         try:
             await asyncio.gather(*(worker() for _ in range(max(1, workers))))
@@ -216,9 +224,16 @@ def _finalize(instances: list[SWEBenchInstance], results_path: Path, preds_path:
     results = _read_jsonl(results_path, InstanceRun)
     preds = _read_jsonl(preds_path, Prediction)
     order = [i.instance_id for i in instances if i.instance_id in results]
-    extra = [k for k in results if k not in set(order)]  # instances filtered out of this run: kept
-    write_text_atomic(results_path, "".join(results[k].model_dump_json() + "\n" for k in order + extra))
-    write_text_atomic(preds_path, "".join(preds[k].model_dump_json() + "\n" for k in order + extra if k in preds))
+    ordered = set(order)
+    extra = [k for k in results if k not in ordered]  # instances filtered out of this run: kept
+    _write_if_changed(results_path, "".join(results[k].model_dump_json() + "\n" for k in order + extra))
+    _write_if_changed(preds_path, "".join(preds[k].model_dump_json() + "\n" for k in order + extra if k in preds))
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """A resume with nothing new leaves the files as they were (contents and times)."""
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        write_text_atomic(path, text)
 
 
 def summary_rows(output_dir: Path) -> dict[str, int]:

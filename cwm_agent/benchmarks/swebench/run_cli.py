@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 from typing import List, Optional
 
@@ -82,15 +83,29 @@ def run_command(
             last_done = p.done
             err.print(progress_line(p), highlight=False, soft_wrap=True)
 
+    async def batch():
+        # SIGTERM (a scheduler's time limit, `timeout`, `kill`) stops like Ctrl-C: the default
+        # action would end the process at once and leave the running containers behind.
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await run_batch(instances, config, output, workers, rerun_errors, registry_prefix, allow_pull, on_update=update)
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
     try:
         if live is not None:
             live.start()
-        progress = asyncio.run(
-            run_batch(instances, config, output, workers, rerun_errors, registry_prefix, allow_pull, on_update=update)
-        )
-    except KeyboardInterrupt:
-        err.print(f"interrupted: containers removed; finished instances are kept in {output} (run again to resume).")
-        raise typer.Exit(130) from None
+        progress = asyncio.run(batch())
+    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+        if live is not None:
+            live.stop()
+        how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
+        err.print(
+            f"{how}: containers removed; finished instances are kept in {output} (run again to resume).",
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
+        raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 143) from None
     except (ModelError, SandboxError) as exc:
         raise _fail(str(exc)) from None
     finally:
