@@ -11,8 +11,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-err = Console(stderr=True)
-out = Console()
+# soft_wrap: long lines (errors, paths, commands to copy) are never broken by inserted newlines.
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -102,8 +103,8 @@ def solve(
         config = load_config(config_file, overrides)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    # Not made here: the trajectory writer makes it, so a mistake found first leaves no empty directory.
     output_dir = output or Path("runs") / time.strftime("solve-%Y%m%d-%H%M%S")
-    output_dir.mkdir(parents=True, exist_ok=True)
     task = Task(task_id=output_dir.name, problem_statement=problem, image=image, repo_source=repo, base_commit=commit)
     try:
         outcome = asyncio.run(_solve(task, config, output_dir))

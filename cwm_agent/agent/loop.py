@@ -11,6 +11,7 @@ server's prefix cache serves everything but the new tail.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -55,6 +56,8 @@ class _State:
     format_errors_in_a_row: int = 0
     submission: str | None = None
     started: float = field(default_factory=time.monotonic)
+    pending: Turn | None = None
+    """The turn under way, until it is written (so that a time limit mid-turn still records it)."""
 
 
 async def cut_to_tokens(model: ModelClient, text: str, max_tokens: int, keep: str) -> str:
@@ -93,19 +96,30 @@ class Agent:
             )
             state.tokens_used = await self.model.count_tokens(state.prompt)
             while True:
-                remaining = self.config.wall_clock_limit - (time.monotonic() - state.started)
+                remaining = self._remaining(state)
                 if remaining <= 0:
-                    raise EpisodeEnd(ExitStatus.TIME_LIMIT, f"wall-clock limit of {self.config.wall_clock_limit:.0f} s reached")
+                    raise self._time_up()
                 try:
                     await asyncio.wait_for(self.step(state), timeout=remaining)
                 except asyncio.TimeoutError:
-                    raise EpisodeEnd(ExitStatus.TIME_LIMIT, f"wall-clock limit of {self.config.wall_clock_limit:.0f} s reached") from None
+                    raise self._time_up() from None
         except EpisodeEnd as end:
             return self._result(state, end.status, end.detail)
         except ModelError as exc:
             return self._result(state, ExitStatus.MODEL_ERROR, str(exc))
         except SandboxError as exc:
             return self._result(state, ExitStatus.SANDBOX_ERROR, str(exc))
+        finally:
+            # The model replied but the turn did not finish (time limit, a failure, Ctrl-C): the
+            # reply is still part of the record.
+            if state.pending is not None:
+                self._record(state, state.pending)
+
+    def _remaining(self, state: _State) -> float:
+        return self.config.wall_clock_limit - (time.monotonic() - state.started)
+
+    def _time_up(self) -> EpisodeEnd:
+        return EpisodeEnd(ExitStatus.TIME_LIMIT, f"wall-clock limit of {self.config.wall_clock_limit:g} s reached")
 
     def _result(self, state: _State, status: ExitStatus, detail: str) -> EpisodeResult:
         return EpisodeResult(
@@ -132,6 +146,7 @@ class Agent:
             ),
             model_seconds=completion.latency,
         )
+        state.pending = turn
         try:
             # Before a submission every reply must call a tool; after one, a reply without a
             # call is the final response.
@@ -140,16 +155,16 @@ class Agent:
             )
             turn.thinking = reply.thinking
             if reply.tool_call is None:
-                self._record(turn)
+                self._record(state, turn)
                 raise EpisodeEnd(ExitStatus.SUBMITTED)
         except FormatError as error:
             turn.format_error = format_error(error.kind, str(error))
             state.format_errors_in_a_row += 1
             if self.config.strict_format:
-                self._record(turn)
+                self._record(state, turn)
                 raise EpisodeEnd(ExitStatus.FORMAT_ERRORS, turn.format_error) from None
             if state.format_errors_in_a_row >= self.config.max_format_errors:
-                self._record(turn)
+                self._record(state, turn)
                 raise EpisodeEnd(
                     ExitStatus.FORMAT_ERRORS, f"{state.format_errors_in_a_row} format errors in a row; last: {turn.format_error}"
                 ) from None
@@ -162,7 +177,12 @@ class Agent:
         turn.action = Action(tool=call.name, body=call.body)
         self._check_turns(state, turn)
         started = time.monotonic()
-        result: ToolResult = await asyncio.to_thread(run_tool, call.name, call.body, self.tools)
+        # A thread cannot be cancelled: at the wall-clock limit the sandbox itself must interrupt
+        # the command, or it would run on (and hold the session) after the episode ended.
+        tools = dataclasses.replace(
+            self.tools, command_timeout=max(1.0, min(self.tools.command_timeout, self._remaining(state)))
+        )
+        result: ToolResult = await asyncio.to_thread(run_tool, call.name, call.body, tools)
         turn.tool_seconds = time.monotonic() - started
         turn.tool_ok = result.ok
         if result.submission is not None:
@@ -175,21 +195,22 @@ class Agent:
 
     def _check_turns(self, state: _State, turn: Turn) -> None:
         if state.turns >= self.config.max_turns:
-            self._record(turn)
+            self._record(state, turn)
             raise EpisodeEnd(ExitStatus.TURN_LIMIT, f"reached the limit of {self.config.max_turns} turns")
 
     async def _answer(self, state: _State, turn: Turn, message: Message, reply: str) -> None:
         """Append the reply and the harness's answer to the prompt, or end at the context limit."""
         continuation = render_continuation(reply, [message], self.config.reasoning)
         turn.observation = message
-        self._record(turn)
+        self._record(state, turn)
         added = await self.model.count_tokens(continuation[len(reply) :])
         if state.tokens_used + added >= self.config.context_size:
             raise EpisodeEnd(ExitStatus.CONTEXT_LIMIT, f"the dialogue reached {self.config.context_size} tokens")
         state.prompt += continuation
         state.tokens_used += added
 
-    def _record(self, turn: Turn) -> None:
+    def _record(self, state: _State, turn: Turn) -> None:
+        state.pending = None
         if self.writer is not None:
             self.writer.write(turn)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import tempfile
 from pathlib import Path
@@ -33,10 +34,12 @@ def checkout_copy(source: str, revision: str | None, dest: Path) -> str:
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
             raise RepoError(f"{source} is not a git repository (run `git init && git add -A && git commit` there first)") from None
         source = str(local.resolve())
+    elif not _looks_like_url(source):
+        raise RepoError(f"{source} does not exist: pass a local git checkout or a git URL") from None
     try:
         repo = git.Repo.clone_from(source, dest, no_hardlinks=True)
     except git.GitCommandError as exc:
-        raise RepoError(f"cannot clone {source}: {exc.stderr.strip() or exc}") from None
+        raise RepoError(f"cannot clone {source}: {_one_line(exc.stderr) or exc}") from None
     if revision:
         try:
             repo.git.checkout("--quiet", "--detach", revision)
@@ -48,15 +51,33 @@ def checkout_copy(source: str, revision: str | None, dest: Path) -> str:
     return sha
 
 
+def _looks_like_url(source: str) -> bool:
+    """`scheme://...` or scp-like `user@host:path`: something only git can tell us about."""
+    return "://" in source or re.match(r"^[\w.-]+@[\w.-]+:", source) is not None
+
+
+def _one_line(stderr: str) -> str:
+    """Git's error output on one line: its `fatal:`/`error:` lines, else all of it."""
+    lines = [line.strip().removeprefix("stderr:").strip().strip("'").strip() for line in (stderr or "").splitlines()]
+    lines = [line for line in lines if line]
+    fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
+    return " ".join(fatal or lines)
+
+
+def copy_checkout_in(sandbox: Sandbox, checkout: Path, repo_dir: str) -> None:
+    """Copy a host checkout (from `checkout_copy`) to `repo_dir` in the sandbox."""
+    result = sandbox.run(f"mkdir -p {shlex.quote(repo_dir)}")
+    if result.exit_code != 0:
+        raise SandboxError(f"cannot create {repo_dir} in the sandbox: {result.output}")
+    sandbox.copy_in(checkout, repo_dir)
+
+
 def copy_repo_in(sandbox: Sandbox, source: str, revision: str | None, repo_dir: str) -> str:
     """Put a checkout of `source` at `revision` into `repo_dir` in the sandbox; returns the commit sha."""
     with tempfile.TemporaryDirectory(prefix="cwm-repo-") as tmp:
         checkout = Path(tmp) / "repo"
         sha = checkout_copy(source, revision, checkout)
-        result = sandbox.run(f"mkdir -p {shlex.quote(repo_dir)}")
-        if result.exit_code != 0:
-            raise SandboxError(f"cannot create {repo_dir} in the sandbox: {result.output}")
-        sandbox.copy_in(checkout, repo_dir)
+        copy_checkout_in(sandbox, checkout, repo_dir)
     return sha
 
 

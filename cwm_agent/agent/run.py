@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import platform
+import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from pathlib import Path
 from cwm_agent import __version__
 from cwm_agent.agent.config import RunConfig
 from cwm_agent.agent.loop import Agent, cut_to_tokens
-from cwm_agent.agent.repo import copy_repo_in, head_commit, working_tree_diff
+from cwm_agent.agent.repo import checkout_copy, copy_checkout_in, head_commit, working_tree_diff
 from cwm_agent.agent.task import Task
 from cwm_agent.agent.trajectory import ExitStatus, Header, Result, TrajectoryWriter
 from cwm_agent.model.client import ModelClient, ModelError
@@ -55,10 +57,14 @@ def _sandbox_for(task: Task, config: RunConfig, run_id: str) -> Sandbox:
     return make_sandbox(sandbox_config)
 
 
-def _prepare_repo(sandbox: Sandbox, task: Task) -> str:
-    """Make the task's repository ready in the sandbox; returns the base commit."""
-    if task.repo_source is not None:
-        base = copy_repo_in(sandbox, task.repo_source, task.base_commit, task.repo_dir)
+def _prepare_repo(sandbox: Sandbox, task: Task, checkout: tuple[Path, str] | None) -> str:
+    """Make the task's repository ready in the sandbox; returns the base commit.
+
+    `checkout`: the host checkout of `task.repo_source` and its commit, when the task has one.
+    """
+    if checkout is not None:
+        copy_checkout_in(sandbox, checkout[0], task.repo_dir)
+        base = checkout[1]
     else:
         base = task.base_commit or head_commit(sandbox, task.repo_dir)
     if task.scrub_history:
@@ -75,9 +81,23 @@ async def run_task(
     trajectory_path: Path,
     run_id: str | None = None,
 ) -> RunOutcome:
-    """Run one episode of `task`; always writes the trajectory and always removes the sandbox."""
+    """Run one episode of `task`; always writes the trajectory and always removes the sandbox.
+
+    A `task.repo_source` that cannot be checked out raises `RepoError` before anything else
+    happens (no container, no trajectory file): it is the caller's mistake to report.
+    """
     run_id = run_id or uuid.uuid4().hex[:12]
     started = time.monotonic()
+    scratch: Path | None = None
+    checkout: tuple[Path, str] | None = None
+    if task.repo_source is not None:
+        scratch = Path(tempfile.mkdtemp(prefix="cwm-repo-"))
+        try:
+            sha = await asyncio.to_thread(checkout_copy, task.repo_source, task.base_commit, scratch / "repo")
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        checkout = (scratch / "repo", sha)
     writer = TrajectoryWriter(trajectory_path)
     sandbox = _sandbox_for(task, config, run_id)
     base_commit = ""
@@ -104,7 +124,9 @@ async def run_task(
             )
         )
         await asyncio.to_thread(sandbox.start)
-        base_commit = await asyncio.to_thread(_prepare_repo, sandbox, task)
+        base_commit = await asyncio.to_thread(_prepare_repo, sandbox, task, checkout)
+        if scratch is not None:  # copied in: not needed during the episode
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
         tools = ToolContext(
             sandbox=sandbox,
             repo_dir=task.repo_dir,
@@ -115,7 +137,12 @@ async def run_task(
         episode = await Agent(config.agent, config.sampling, model, tools, writer).run(system, user_prompt)
         status, detail, submission = episode.status, episode.detail, episode.submission
         turns, context_tokens, completion_tokens = episode.turns, episode.context_tokens, episode.completion_tokens
-        diff = await asyncio.to_thread(working_tree_diff, sandbox, task.repo_dir, base_commit)
+        try:
+            diff = await asyncio.to_thread(working_tree_diff, sandbox, task.repo_dir, base_commit)
+        except SandboxError as exc:
+            # The episode's own ending (and an accepted patch) stands; say what is missing.
+            detail = f"{detail}; " if detail else ""
+            detail += f"the final diff could not be taken: {exc}"
     except (asyncio.CancelledError, KeyboardInterrupt):
         status, detail = ExitStatus.INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)"
         raise
@@ -140,6 +167,8 @@ async def run_task(
         # Off the event loop (other rollouts keep talking to the model), and shielded so that
         # a second cancellation cannot leave the container behind.
         await asyncio.shield(asyncio.to_thread(sandbox.close))
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     return RunOutcome(
         task_id=task.task_id,
         status=status,

@@ -1,0 +1,301 @@
+"""`cwm-agent solve` as a user runs it: a subprocess, a host git repository, a scripted model
+over real HTTP, the agent in real Docker; then the patch checked on the host.
+
+Also the user's mistakes (no model server, a wrong repository, revision, issue or config):
+one clear line, exit 2, no traceback, no container; and Ctrl-C: exit 130, a partial trajectory
+that loads, the container gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cwm_agent.agent.trajectory import ExitStatus, Trajectory, rebuild_prompt
+from cwm_agent.model.scripted_server import ScriptedServer
+from cwm_agent.sandbox.base import OWNER_PID_LABEL, PROJECT_LABEL, RUN_ID_LABEL
+
+BUGGY = '''\
+def clamp(value, low, high):
+    """Limit value to the closed range [low, high]."""
+    if value < low:
+        return low
+    if value > high:
+        return value
+    return value
+'''
+TESTS = """\
+from mathy import clamp
+
+
+def test_clamp_low():
+    assert clamp(-1, 0, 3) == 0
+
+
+def test_clamp_high():
+    assert clamp(5, 0, 3) == 3
+"""
+ISSUE = "clamp() ignores its upper bound: clamp(5, 0, 3) returns 5 instead of 3.\n"
+PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider"]
+
+
+def cli() -> list[str]:
+    script = Path(sys.executable).parent / "cwm-agent"
+    return [str(script)] if script.exists() else [sys.executable, "-c", "from cwm_agent.cli import app; app()"]
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the CLI; the result's `pid` finds the containers it started (their owner-pid label)."""
+    env = {**os.environ, "NO_COLOR": "1"}
+    with subprocess.Popen([*cli(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    done.pid = proc.pid
+    return done
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def call(tool: str, body: str, thinking: str) -> str:
+    return f"{thinking}\n</think>\n<tool: {tool}>\n{body}\n</tool>"
+
+
+def project_containers(docker_client, *labels: str) -> list:
+    return docker_client.containers.list(all=True, filters={"label": [f"{PROJECT_LABEL}=cwm-agent", *labels]})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A host repository with a real bug and a test that fails because of it."""
+    path = tmp_path / "mathy"
+    (path / "tests").mkdir(parents=True)
+    (path / "mathy.py").write_text(BUGGY)
+    (path / "tests" / "test_mathy.py").write_text(TESTS)
+    (path / "pyproject.toml").write_text('[tool.pytest.ini_options]\npythonpath = ["."]\n')
+    git(path, "init", "-q", "-b", "main")
+    git(path, "add", "-A")
+    git(path, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "initial")
+    return path
+
+
+SOLVING = [
+    call("bash", "cd /testbed && git ls-files && cat mathy.py", "The issue is about clamp. Let me look at the code."),
+    call("bash", "python3 " + " ".join(PYTEST) + " tests 2>&1 | tail -5", "Run the tests to see the failure."),
+    call(
+        "edit",
+        "mathy.py\n<<<<<<< SEARCH\n    if value > high:\n        return value\n=======\n"
+        "    if value > high:\n        return high\n>>>>>>> REPLACE",
+        "The upper branch returns value instead of high.",
+    ),
+    call(
+        "create",
+        "tests/test_clamp_bounds.py\nfrom mathy import clamp\n\n\ndef test_inside_is_kept():\n"
+        "    assert clamp(2, 0, 3) == 2\n\n\ndef test_high_bound_is_returned():\n    assert clamp(10, 0, 3) == 3\n",
+        "A regression test for the upper bound.",
+    ),
+    call("bash", "python3 " + " ".join(PYTEST) + " tests", "Run the whole suite."),
+    call("bash", "git add -N tests/test_clamp_bounds.py && git diff > /tmp/fix.patch && cat /tmp/fix.patch", "Write the patch."),
+    call("submit", "/tmp/fix.patch", "The patch has the fix and the new test."),
+    "The patch was accepted.\n</think>\nFixed clamp: values above `high` now return `high`; added tests/test_clamp_bounds.py.",
+]
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(120)
+def test_solve_end_to_end_patch_fixes_the_failing_test_on_the_host(tmp_path, repo, docker_client):
+    base = git(repo, "rev-parse", "HEAD").strip()
+    out = tmp_path / "out"
+    with ScriptedServer(replies=SOLVING) as server:
+        proc = run_cli("solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", server.url, "-o", str(out))
+        requests = server.generation_requests()
+        reuse = server.prefix_reuse()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    summary = proc.stdout
+    assert "submitted" in summary
+    assert "turns       8" in summary
+    assert "mathy.py" in summary and "tests/test_clamp_bounds.py" in summary
+    assert str(out / "patch.diff") in summary
+
+    # The commands really ran in the container: the failing test, then the whole suite passing.
+    trajectory = Trajectory.load(out / "trajectory.jsonl")
+    assert trajectory.result.exit_status is ExitStatus.SUBMITTED
+    assert "1 failed, 1 passed" in trajectory.turns[1].observation.content
+    assert "4 passed" in trajectory.turns[4].observation.content
+    assert [t.action.tool for t in trajectory.turns[:7]] == ["bash", "bash", "edit", "create", "bash", "bash", "submit"]
+    assert trajectory.turns[7].action is None and "Fixed clamp" in trajectory.turns[7].raw
+
+    # The prefix property over the wire, and the trajectory rebuilds the last prompt exactly.
+    assert len(requests) == 8
+    assert reuse == [None] + [1.0] * 7
+    assert rebuild_prompt(trajectory) == requests[-1].prompt
+
+    # On the host: the patch applies to a fresh clone at the base commit and fixes the test.
+    patch = (out / "patch.diff").read_text()
+    assert patch == trajectory.result.submission
+    fresh = tmp_path / "fresh"
+    git(tmp_path, "clone", "-q", str(repo), str(fresh))
+    git(fresh, "checkout", "-q", base)
+    before = subprocess.run([sys.executable, *PYTEST, "tests"], cwd=fresh, capture_output=True, text=True)
+    assert before.returncode == 1 and "1 failed" in before.stdout
+    git(fresh, "apply", str(out / "patch.diff"))
+    after = subprocess.run([sys.executable, *PYTEST, "tests"], cwd=fresh, capture_output=True, text=True)
+    assert after.returncode == 0, after.stdout
+    assert "4 passed" in after.stdout
+
+    # The harness's own diff has the same changes; the user's checkout is untouched.
+    tree_diff = (out / "working_tree.diff").read_text()
+    assert "+        return high" in tree_diff and "tests/test_clamp_bounds.py" in tree_diff
+    assert "fix.patch" not in tree_diff
+    assert (repo / "mathy.py").read_text() == BUGGY and git(repo, "status", "--porcelain") == ""
+    assert project_containers(docker_client, f"{RUN_ID_LABEL}={trajectory.header.run_id}") == []
+    assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}") == []
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(60)
+def test_solve_without_an_accepted_patch_exits_1_and_keeps_the_working_tree_diff(tmp_path, repo, docker_client):
+    replies = [call("bash", "echo 'x = 1' > scratch.py", "Try something."), call("bash", "true", "Then nothing.")]
+    out = tmp_path / "out"
+    with ScriptedServer(replies=replies) as server:
+        proc = run_cli(
+            "solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", server.url, "-o", str(out), "--max-turns", "2"
+        )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "turn_limit" in proc.stdout and "none accepted" in proc.stdout
+    assert not (out / "patch.diff").exists()
+    assert "scratch.py" in (out / "working_tree.diff").read_text()
+    assert Trajectory.load(out / "trajectory.jsonl").result.exit_status is ExitStatus.TURN_LIMIT
+
+
+# -- user mistakes -----------------------------------------------------------------------------
+
+
+def assert_clear_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    message = proc.stderr.strip()
+    assert message.startswith("error:") and len(message.splitlines()) <= 2, message
+    for word in words:
+        assert word in message, message
+
+
+@pytest.mark.timeout(60)
+def test_solve_with_no_model_server_says_how_to_start_one(tmp_path, repo, docker_client):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    out = tmp_path / "out"
+    started = time.monotonic()
+    proc = run_cli("solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", url, "-o", str(out))
+    assert_clear_error(proc, "cwm-agent serve", "--model-url")
+    assert time.monotonic() - started < 30
+    assert not out.exists()
+    assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}") == []
+
+
+@pytest.fixture(scope="module")
+def idle_server():
+    """A model server for the argument checks (none of them should get as far as asking it)."""
+    with ScriptedServer(replies=[]) as server:
+        yield server
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "case",
+    ["not_a_repo", "missing_path", "bad_commit", "empty_issue", "unreadable_issue", "bad_yaml", "bad_key"],
+)
+def test_solve_user_mistakes_are_one_clear_line(tmp_path, repo, docker_client, idle_server, case):
+    args = {"--repo": str(repo), "--issue": ISSUE, "--model-url": idle_server.url, "-o": str(tmp_path / "out")}
+    expect: tuple[str, ...]
+    if case == "not_a_repo":
+        plain = tmp_path / "plain"
+        plain.mkdir()
+        args["--repo"], expect = str(plain), ("not a git repository",)
+    elif case == "missing_path":
+        args["--repo"], expect = str(tmp_path / "nowhere"), ("nowhere",)
+    elif case == "bad_commit":
+        args["--commit"], expect = "no-such-rev", ("no-such-rev",)
+    elif case == "empty_issue":
+        args["--issue"], expect = "  \n", ("--issue",)
+    elif case == "unreadable_issue":
+        args["--issue"], expect = f"@{tmp_path / 'missing.md'}", ("missing.md",)
+    elif case == "bad_yaml":
+        (tmp_path / "c.yaml").write_text("agent: [max_turns: 3\n")
+        args["--config"], expect = str(tmp_path / "c.yaml"), ("c.yaml", "YAML")
+    else:
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump({"agent": {"max_turn": 3}}))
+        args["--config"], expect = str(tmp_path / "c.yaml"), ("agent.max_turn",)
+    proc = run_cli("solve", *[x for pair in args.items() for x in pair], timeout=60)
+    assert_clear_error(proc, *expect)
+    assert not (tmp_path / "out").exists()
+    assert idle_server.generation_requests() == []
+    assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}") == []
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(90)
+def test_ctrl_c_keeps_the_partial_trajectory_and_removes_the_container(tmp_path, repo, docker_client):
+    script = tmp_path / "replies.json"
+    script.write_text(json.dumps([
+        call("bash", "echo first turn", "Look around."),
+        {"text": call("bash", "echo never", "Slow."), "latency": 60},
+    ]))  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cwm_agent.model.scripted_server", "--replies", str(script), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out = tmp_path / "out"
+    try:
+        assert "scripted model server at" in server.stdout.readline()
+        proc = subprocess.Popen(
+            [*cli(), "solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", f"http://127.0.0.1:{port}/v1", "-o", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        path = out / "trajectory.jsonl"
+        deadline = time.monotonic() + 60
+        while not (path.exists() and '"type":"turn"' in path.read_text()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the first turn never finished"
+            time.sleep(0.1)
+        time.sleep(0.5)  # now waiting for the slow second reply
+        assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}"), "no container while running?"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=10)
+    assert proc.returncode == 130, stdout + stderr
+    assert "interrupted" in stderr and str(path) in stderr
+    assert "Traceback" not in stderr
+    trajectory = Trajectory.load(path)
+    assert len(trajectory.turns) == 1 and "first turn" in trajectory.turns[0].observation.content
+    assert trajectory.result is not None and trajectory.result.exit_status is ExitStatus.INTERRUPTED
+    assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}") == []
+    assert project_containers(docker_client, f"{RUN_ID_LABEL}={trajectory.header.run_id}") == []
