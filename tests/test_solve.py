@@ -253,12 +253,46 @@ def test_solve_user_mistakes_are_one_clear_line(tmp_path, repo, docker_client, i
     assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}") == []
 
 
-# -- Ctrl-C ------------------------------------------------------------------------------------
+# -- Ctrl-C and SIGTERM -------------------------------------------------------------------------
+
+
+def start_solve(repo: Path, url: str, out: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*cli(), "solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", url, "-o", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, limit: float = 60) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{what} never happened"
+        time.sleep(0.1)
+
+
+def check_interrupted(proc: subprocess.Popen, path: Path, docker_client, sig: int, turns: int) -> Trajectory:
+    started = time.monotonic()
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert time.monotonic() - started < 15, "the run did not stop promptly"
+    assert proc.returncode == (130 if sig == signal.SIGINT else 143), stdout + stderr
+    assert "interrupted" in stderr and str(path) in stderr
+    assert "Traceback" not in stderr
+    trajectory = Trajectory.load(path)
+    assert len(trajectory.turns) == turns
+    assert trajectory.result is not None and trajectory.result.exit_status is ExitStatus.INTERRUPTED
+    assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}") == []
+    assert project_containers(docker_client, f"{RUN_ID_LABEL}={trajectory.header.run_id}") == []
+    assert not (path.parent / "patch.diff").exists()
+    return trajectory
 
 
 @pytest.mark.docker
 @pytest.mark.timeout(90)
-def test_ctrl_c_keeps_the_partial_trajectory_and_removes_the_container(tmp_path, repo, docker_client):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_while_waiting_for_the_model(tmp_path, repo, docker_client, sig):
+    """The model server is a separate process, slow on the second reply; the user presses Ctrl-C."""
     script = tmp_path / "replies.json"
     script.write_text(json.dumps([
         call("bash", "echo first turn", "Look around."),
@@ -270,32 +304,36 @@ def test_ctrl_c_keeps_the_partial_trajectory_and_removes_the_container(tmp_path,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     out = tmp_path / "out"
+    path = out / "trajectory.jsonl"
+    proc = None
     try:
         assert "scripted model server at" in server.stdout.readline()
-        proc = subprocess.Popen(
-            [*cli(), "solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", f"http://127.0.0.1:{port}/v1", "-o", str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        path = out / "trajectory.jsonl"
-        deadline = time.monotonic() + 60
-        while not (path.exists() and '"type":"turn"' in path.read_text()):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the first turn never finished"
-            time.sleep(0.1)
+        proc = start_solve(repo, f"http://127.0.0.1:{port}/v1", out)
+        wait_for(lambda: path.exists() and '"type":"turn"' in path.read_text(), proc, "the first turn")
         time.sleep(0.5)  # now waiting for the slow second reply
         assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}"), "no container while running?"
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=30)
+        trajectory = check_interrupted(proc, path, docker_client, sig, turns=1)
     finally:
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             proc.kill()
         server.send_signal(signal.SIGINT)
         server.wait(timeout=10)
-    assert proc.returncode == 130, stdout + stderr
-    assert "interrupted" in stderr and str(path) in stderr
-    assert "Traceback" not in stderr
-    trajectory = Trajectory.load(path)
-    assert len(trajectory.turns) == 1 and "first turn" in trajectory.turns[0].observation.content
-    assert trajectory.result is not None and trajectory.result.exit_status is ExitStatus.INTERRUPTED
-    assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}") == []
-    assert project_containers(docker_client, f"{RUN_ID_LABEL}={trajectory.header.run_id}") == []
+    assert "first turn" in trajectory.turns[0].observation.content
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(90)
+def test_interrupt_while_a_command_runs(tmp_path, repo, docker_client):
+    """Ctrl-C during a long command: the run stops at once (not when the command would end)."""
+    out = tmp_path / "out"
+    path = out / "trajectory.jsonl"
+    with ScriptedServer(replies=[call("bash", "sleep 100", "Wait a while.")]) as server:
+        proc = start_solve(repo, server.url, out)
+        try:
+            wait_for(lambda: len(server.generation_requests()) == 1, proc, "the first request")
+            time.sleep(1.5)  # the command is running
+            trajectory = check_interrupted(proc, path, docker_client, signal.SIGINT, turns=1)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert trajectory.turns[0].action.body == "sleep 100" and trajectory.turns[0].observation is None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Optional
@@ -19,6 +21,24 @@ out = Console(soft_wrap=True)
 def _fail(message: str) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}", highlight=False)
     return typer.Exit(2)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """Within the block, SIGTERM (`kill`, a scheduler) takes Ctrl-C's path: the run stops, the
+    container is removed and the trajectory ends with `interrupted`, instead of the process
+    dying on the spot. Yields a list that gets the signal when one came (exit 143, not 130)."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signum)
+        signal.raise_signal(signal.SIGINT)  # asyncio.run's SIGINT handler cancels the run cleanly
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _read_issue(issue: str) -> str:
@@ -106,13 +126,14 @@ def solve(
     # Not made here: the trajectory writer makes it, so a mistake found first leaves no empty directory.
     output_dir = output or Path("runs") / time.strftime("solve-%Y%m%d-%H%M%S")
     task = Task(task_id=output_dir.name, problem_statement=problem, image=image, repo_source=repo, base_commit=commit)
-    try:
-        outcome = asyncio.run(_solve(task, config, output_dir))
-    except KeyboardInterrupt:
-        err.print(f"interrupted: the container was removed; the partial trajectory is in {output_dir / 'trajectory.jsonl'}")
-        raise typer.Exit(130) from None
-    except (RepoError, SandboxError, ModelError) as exc:
-        raise _fail(str(exc)) from None
+    with _sigterm_interrupts() as terminated:
+        try:
+            outcome = asyncio.run(_solve(task, config, output_dir))
+        except KeyboardInterrupt:
+            err.print(f"interrupted: the container was removed; the partial trajectory is in {output_dir / 'trajectory.jsonl'}")
+            raise typer.Exit(143 if terminated else 130) from None
+        except (RepoError, SandboxError, ModelError) as exc:
+            raise _fail(str(exc)) from None
     write_outputs(outcome, output_dir)
     print_summary(outcome, output_dir)
     raise typer.Exit(0 if outcome.patch else 1)
