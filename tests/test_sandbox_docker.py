@@ -15,7 +15,7 @@ import uuid
 import docker.errors
 import pytest
 
-from cwm_agent.sandbox import ImageNotFoundError, RunStatus, SandboxConfig, make_sandbox
+from cwm_agent.sandbox import ImageNotFoundError, RunStatus, SandboxConfig, SandboxError, make_sandbox
 from cwm_agent.sandbox.base import OWNER_PID_LABEL, PROJECT_LABEL, RUN_ID_LABEL
 from cwm_agent.sandbox.cleanup import prune
 from cwm_agent.sandbox.docker import DockerSandbox
@@ -99,6 +99,13 @@ def test_missing_image_is_a_clear_error(docker_client):
     with pytest.raises(ImageNotFoundError, match="cwm-agent/no-such-image:never"):
         with make_sandbox(config, client=docker_client):
             pass
+    assert containers_of(docker_client, run_id) == []
+
+
+def test_failing_startup_command_leaves_no_container(docker_client):
+    run_id = uuid.uuid4().hex[:12]
+    with pytest.raises(SandboxError, match="exit 4"):
+        DockerSandbox(SandboxConfig(run_id=run_id, startup_commands=["exit 4"]), client=docker_client).start()
     assert containers_of(docker_client, run_id) == []
 
 

@@ -88,6 +88,8 @@ def test_set_e_does_not_kill_later_commands(sandbox):
     r = sandbox.run("false")
     assert (r.exit_code, r.status, r.restarted) == (1, RunStatus.OK, False)
     assert sandbox.run("echo $MARK").output == "kept\n"
+    assert sandbox.run("set -u").exit_code == 0
+    assert sandbox.run("echo [$NOT_SET]").output == "[]\n"
     sandbox.run(f"cd {workdir(sandbox)}")
 
 

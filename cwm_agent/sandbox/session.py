@@ -15,6 +15,9 @@ helper script beside it (to interrupt a command). Everything else lives here:
 - On timeout the processes the command started get SIGINT, then SIGKILL; when the shell
   still does not answer, it is killed and a fresh one starts in the work directory.
 - When the shell dies (`exit`, `exec`, `kill -9 $$`) a fresh one starts too.
+- `set -e`, `set -u` and `set -x` last until the end of the command that sets them: a
+  non-interactive bash exits on the first failure under them, which would end the session
+  at some later, unrelated command.
 
 Only bash and coreutils are needed in the machine: the helper reads /proc with builtins.
 """
@@ -246,7 +249,7 @@ class BashSession:
                 "shopt -s expand_aliases",
                 "set +o history 2>/dev/null",
                 "__cwm_id=",
-                "__cwm_done() { \\builtin set +ex; \\builtin printf '__CWM_END_%s__%d done\\n' \"$2\" \"$1\"; }",
+                "__cwm_done() { \\builtin set +eux; \\builtin printf '__CWM_END_%s__%d done\\n' \"$2\" \"$1\"; }",
                 "trap '\\builtin printf \"__CWM_END_%s__%d exit\\n\" \"$__cwm_id\" \"$?\"' EXIT",
                 *(f"export {k}={shlex.quote(v)}" for k, v in self.env.items()),
                 f"cd {shlex.quote(self.workdir)} 2>/dev/null || cd /",

@@ -1,0 +1,47 @@
+"""The local (unsafe) backend: where files land and what is left after close."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from cwm_agent.sandbox import SandboxConfig, SandboxError, make_sandbox
+
+
+def test_workdir_paths_map_into_the_temporary_directory(tmp_path):
+    with make_sandbox(SandboxConfig(backend="local")) as sb:
+        root = Path(sb.workdir)
+        (root / "pkg").mkdir()
+        sb.write_file("/testbed/pkg/a.py", b"x = 1\n")
+        assert (root / "pkg" / "a.py").read_bytes() == b"x = 1\n"
+        assert sb.run("cat pkg/a.py; echo $CWM_WORKDIR").output == f"x = 1\n{root}\n"
+        assert sb.read_file("pkg/a.py") == sb.read_file("/testbed/pkg/a.py") == b"x = 1\n"
+        host_file = tmp_path / "host.txt"
+        host_file.write_text("host")
+        assert sb.read_file(str(host_file)) == b"host"  # other absolute paths are host paths
+        sb.copy_out("/testbed/pkg", tmp_path / "out")
+        assert (tmp_path / "out" / "pkg" / "a.py").exists()
+        background = int(sb.run("sleep 100 & echo $!").output)
+    assert not root.exists()
+    deadline = time.monotonic() + 3
+    while alive(background) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(background)  # background jobs go with the sandbox
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_failing_startup_command_is_an_error():
+    sb = make_sandbox(SandboxConfig(backend="local", startup_commands=["exit 4"]))
+    with pytest.raises(SandboxError, match="exit 4"):
+        sb.start()
+    with pytest.raises(SandboxError, match="closed"):
+        sb.run("true")
