@@ -33,6 +33,7 @@ class _Closable(Protocol):
 _live: dict[int, _Closable] = {}
 _lock = threading.Lock()
 _installed = False
+_atexit_registered = False
 
 
 def process_start_ticks(pid: int) -> str:
@@ -83,14 +84,13 @@ def install_handlers() -> None:
     (Python's SIGINT handler raises KeyboardInterrupt), and a default SIGTERM becomes
     SystemExit(143) so `finally` blocks run. An ignored signal stays ignored. Only the main
     thread may install handlers; elsewhere this only registers the exit hook."""
-    global _installed
-    if _installed:
-        return
-    if threading.current_thread() is not threading.main_thread():
-        atexit.register(close_all)  # harmless if registered again from the main thread later
+    global _installed, _atexit_registered
+    if not _atexit_registered:
+        _atexit_registered = True
+        atexit.register(close_all)
+    if _installed or threading.current_thread() is not threading.main_thread():
         return
     _installed = True
-    atexit.register(close_all)
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous = signal.getsignal(signum)
         if previous in (signal.SIG_IGN, None):

@@ -80,7 +80,11 @@ class _ExecStream:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            ready, _, _ = select.select([self._sock], [], [], remaining)
+            try:
+                ready, _, _ = select.select([self._sock], [], [], remaining)
+            except (OSError, ValueError):  # closed under us (the sandbox was closed)
+                self._eof = True
+                return b""
             if not ready:
                 return None
             try:

@@ -48,10 +48,13 @@ class _PipeStream:
     def read(self, timeout: float) -> bytes | None:
         if self._eof:
             return b""
-        ready, _, _ = select.select([self._fd], [], [], max(timeout, 0))
-        if not ready:
-            return None
-        chunk = os.read(self._fd, 1 << 20)
+        try:
+            ready, _, _ = select.select([self._fd], [], [], max(timeout, 0))
+            if not ready:
+                return None
+            chunk = os.read(self._fd, 1 << 20)
+        except (OSError, ValueError):  # closed under us (the sandbox was closed)
+            chunk = b""
         if not chunk:
             self._eof = True
         return chunk

@@ -232,7 +232,7 @@ class BashSession:
     def close(self) -> None:
         """Kill the shell and close the stream (idempotent)."""
         self._closed = True
-        stream, self._stream = self._stream, None
+        stream = self._stream  # kept: a command in another thread may be reading it
         if stream is not None:
             if self.shell_pid and stream.alive():
                 self.host.run_helper(KILL_HELPER, ["KILL", str(self.shell_pid), "0", "0", "1"], timeout=5)
@@ -283,6 +283,8 @@ class BashSession:
                 log.warning("startup command %r exited with %s: %s", command, result.exit_code, result.output[-500:])
 
     def _restart_locked(self) -> None:
+        if self._closed:
+            raise SandboxError("The sandbox was closed while a command ran.")
         old, self._stream = self._stream, None
         if old is not None:
             if self.shell_pid and old.alive():
