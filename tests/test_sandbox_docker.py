@@ -144,16 +144,35 @@ HOLDER = textwrap.dedent(
 )
 
 
-def start_holder(run_id: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, run_id], stdout=subprocess.PIPE, text=True)
+# As the agent does it: made in the event loop's thread, started and used in worker threads.
+HOLDER_ASYNC = textwrap.dedent(
+    """
+    import asyncio, sys
+    from cwm_agent.sandbox import SandboxConfig, make_sandbox
+    async def main():
+        sb = make_sandbox(SandboxConfig(run_id=sys.argv[1]))
+        await asyncio.to_thread(sb.start)
+        print("ready", flush=True)
+        await asyncio.to_thread(sb.run, "sleep 60")
+    asyncio.run(main())
+    """
+)
+
+
+def start_holder(run_id: str, script: str = HOLDER) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", script, run_id], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, -signal.SIGINT)])
-def test_signals_remove_the_container(docker_client, sig, code):
+@pytest.mark.parametrize(
+    "sig, code, script",
+    [(signal.SIGTERM, 143, HOLDER), (signal.SIGINT, -signal.SIGINT, HOLDER), (signal.SIGTERM, 143, HOLDER_ASYNC)],
+    ids=["sigterm", "sigint", "sigterm-asyncio-threads"],
+)
+def test_signals_remove_the_container(docker_client, sig, code, script):
     run_id = uuid.uuid4().hex[:12]
-    proc = start_holder(run_id)
+    proc = start_holder(run_id, script)
     assert len(containers_of(docker_client, run_id)) == 1
     proc.send_signal(sig)
     assert proc.wait(timeout=30) == code

@@ -189,6 +189,9 @@ class DockerSandbox:
         self.container: Any = None
         self.session: BashSession | None = None
         self._closed = False
+        # Here, not only in start(): start() often runs in a worker thread, where no signal
+        # handler can be installed.
+        cleanup.install_handlers()
 
     # -- life cycle -------------------------------------------------------------------------
 

@@ -124,6 +124,9 @@ class LocalSandbox:
         self.root: Path | None = None
         self.session: BashSession | None = None
         self._closed = False
+        # Here, not only in start(): start() often runs in a worker thread, where no signal
+        # handler can be installed.
+        cleanup.install_handlers()
 
     @property
     def workdir(self) -> str:
