@@ -23,7 +23,7 @@ from cwm_agent.agent.task import Task
 from cwm_agent.agent.trajectory import ExitStatus, Trajectory, initial_prompt, rebuild_prompt
 from cwm_agent.model.client import ModelClient
 from cwm_agent.model.scripted_server import Fault, Reply, ScriptedRequest, ScriptedServer, ScriptTokenizer
-from cwm_agent.prompts.render import EOT
+from cwm_agent.prompts.render import EOT, render_prompt
 from cwm_agent.prompts.templates import issue_prompt, system_prompt
 from cwm_agent.sandbox.base import PROJECT_LABEL, RUN_ID_LABEL
 
@@ -72,7 +72,7 @@ def repo(tmp_path: Path) -> Path:
 
 
 def containers_of(docker_client, run_id: str) -> list:
-    return docker_client.containers.list(all=True, filters={"label": [f"{PROJECT_LABEL}=cwm-agent", f"{RUN_ID_LABEL}={run_id}"]})
+    return docker_client.containers.list(all=True, sparse=True, filters={"label": [f"{PROJECT_LABEL}=cwm-agent", f"{RUN_ID_LABEL}={run_id}"]})
 
 
 def episode(
@@ -395,3 +395,5 @@ def test_prompts_only_grow_and_the_trajectory_rebuilds_the_last_one(tmp_path, re
     # The failed edit was answered as a tool result the model can act on, not a format error.
     assert trajectory.turns[2].tool_ok is False and trajectory.turns[2].observation.role == "tool: edit"
     assert rebuild_prompt(trajectory) == requests[-1].prompt
+    # The whole token stream, last reply included, from the file alone (training data).
+    assert render_prompt(trajectory.messages()) == requests[-1].prompt + requests[-1].reply

@@ -36,6 +36,6 @@ def test_demo_replays_the_script_and_the_patch_resolves_the_task(tmp_path, docke
     assert "tinyintervals/core.py" in (out / "patch.diff").read_text()
     assert "replay" in trajectory.header.versions["model"]
     left = docker_client.containers.list(
-        all=True, filters={"label": [f"{PROJECT_LABEL}=cwm-agent", f"{OWNER_PID_LABEL}={proc.pid}"]}
+        all=True, sparse=True, filters={"label": [f"{PROJECT_LABEL}=cwm-agent", f"{OWNER_PID_LABEL}={proc.pid}"]}
     )
     assert left == []

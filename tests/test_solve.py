@@ -76,7 +76,7 @@ def call(tool: str, body: str, thinking: str) -> str:
 
 
 def project_containers(docker_client, *labels: str) -> list:
-    return docker_client.containers.list(all=True, filters={"label": [f"{PROJECT_LABEL}=cwm-agent", *labels]})
+    return docker_client.containers.list(all=True, sparse=True, filters={"label": [f"{PROJECT_LABEL}=cwm-agent", *labels]})
 
 
 def free_port() -> int:
@@ -223,7 +223,7 @@ def idle_server():
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "case",
-    ["not_a_repo", "missing_path", "bad_commit", "empty_issue", "unreadable_issue", "bad_yaml", "bad_key"],
+    ["not_a_repo", "missing_path", "bad_commit", "empty_issue", "unreadable_issue", "bad_yaml", "bad_key", "no_image"],
 )
 def test_solve_user_mistakes_are_one_clear_line(tmp_path, repo, docker_client, idle_server, case):
     args = {"--repo": str(repo), "--issue": ISSUE, "--model-url": idle_server.url, "-o": str(tmp_path / "out")}
@@ -243,12 +243,18 @@ def test_solve_user_mistakes_are_one_clear_line(tmp_path, repo, docker_client, i
     elif case == "bad_yaml":
         (tmp_path / "c.yaml").write_text("agent: [max_turns: 3\n")
         args["--config"], expect = str(tmp_path / "c.yaml"), ("c.yaml", "YAML")
-    else:
+    elif case == "bad_key":
         (tmp_path / "c.yaml").write_text(yaml.safe_dump({"agent": {"max_turn": 3}}))
         args["--config"], expect = str(tmp_path / "c.yaml"), ("agent.max_turn",)
+    else:
+        args["--image"], expect = "cwm-agent/no-such-image:1", ("cwm-agent/no-such-image:1",)
     proc = run_cli("solve", *[x for pair in args.items() for x in pair], timeout=60)
     assert_clear_error(proc, *expect)
-    assert not (tmp_path / "out").exists()
+    if case == "no_image":  # found once the run had begun: its record says so
+        assert Trajectory.load(tmp_path / "out" / "trajectory.jsonl").result.exit_status is ExitStatus.SANDBOX_ERROR
+        assert not (tmp_path / "out" / "patch.diff").exists()
+    else:
+        assert not (tmp_path / "out").exists()
     assert idle_server.generation_requests() == []
     assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}") == []
 

@@ -134,6 +134,11 @@ def solve(
             raise typer.Exit(143 if terminated else 130) from None
         except (RepoError, SandboxError, ModelError) as exc:
             raise _fail(str(exc)) from None
+    from cwm_agent.agent.trajectory import ExitStatus
+
+    if outcome.status is ExitStatus.SANDBOX_ERROR and outcome.turns == 0:
+        # The sandbox could not even be set up (a missing image, no Docker): a setup problem to fix, not a result.
+        raise _fail(f"{outcome.detail} (nothing ran; the record is in {outcome.trajectory})")
     write_outputs(outcome, output_dir)
     print_summary(outcome, output_dir)
     raise typer.Exit(0 if outcome.patch else 1)
