@@ -316,6 +316,8 @@ def test_bad_inputs_exit_2_with_one_line(model, tmp_path):
         "nope__nope-1": ["--dataset", str(INSTANCES_FILE), "--instance-ids", "nope__nope-1", "--output", str(tmp_path / "o2"),
                          "--model-url", server.url],
         "is a file": ["--dataset", str(INSTANCES_FILE), "--output", str(a_file), "--model-url", server.url],
+        "cannot write the run directory": ["--dataset", str(INSTANCES_FILE), "--output", str(a_file / "run"),
+                                           "--model-url", server.url],
         "not reachable": ["--dataset", str(INSTANCES_FILE), "--output", str(tmp_path / "o3"),
                           "--model-url", f"http://127.0.0.1:{_closed_port()}/v1"],
     }  # fmt: skip

@@ -132,8 +132,12 @@ async def run_batch(
     registry_prefix: str | None = None,
     allow_pull: bool = False,
     on_update: Callable[[BatchProgress], None] | None = None,
+    run_id: str | None = None,
 ) -> BatchProgress:
-    """Run the agent on every instance not finished yet; returns the final counters."""
+    """Run the agent on every instance not finished yet; returns the final counters.
+
+    `run_id` labels every container of this run (generated when None), so that a caller can
+    remove them after an interruption with `cwm_agent.sandbox.cleanup.prune(run_id=...)`."""
     from cwm_agent.sandbox.images import docker_client
 
     results_path, preds_path = output_dir / "results.jsonl", output_dir / "preds.jsonl"
@@ -166,7 +170,7 @@ async def run_batch(
         model_name = await model.check()
         config = config.model_copy(update={"model": config.model.model_copy(update={"model": model_name})})
         client = docker_client()
-        run_id = uuid.uuid4().hex[:12]
+        run_id = run_id or uuid.uuid4().hex[:12]
         results_out, preds_out = _Appender(results_path, results), _Appender(preds_path, preds)
         notify(progress)
 

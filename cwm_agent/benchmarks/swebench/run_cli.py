@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
 from pathlib import Path
 from typing import List, Optional
 
@@ -35,6 +36,20 @@ def progress_line(p) -> Text:
         f"[red]{p.errors} errors[/red]  {p.running} running  {p.tokens:,} tokens generated  "
         f"elapsed {_clock(time.monotonic() - p.started)}  ETA {_clock(p.eta)}"
     )
+
+
+def _remove_leftovers(run_id: str) -> None:
+    """After an interruption, remove any container of this run still there.
+
+    Each episode removes its own container when cancelled, but one interrupted while its
+    container was being created can miss it (the removal runs before the creation returns);
+    by now every worker thread has finished, so a sweep by run id catches it."""
+    from cwm_agent.sandbox.cleanup import prune
+
+    try:
+        prune(run_id=run_id)
+    except Exception:  # no engine (the error being reported may be that): nothing we could remove
+        pass
 
 
 def run_command(
@@ -83,20 +98,28 @@ def run_command(
             last_done = p.done
             err.print(progress_line(p), highlight=False, soft_wrap=True)
 
+    run_id = uuid.uuid4().hex[:12]
+
     async def batch():
         # SIGTERM (a scheduler's time limit, `timeout`, `kill`) stops like Ctrl-C: the default
         # action would end the process at once and leave the running containers behind.
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
         try:
-            return await run_batch(instances, config, output, workers, rerun_errors, registry_prefix, allow_pull, on_update=update)
+            return await run_batch(
+                instances, config, output, workers, rerun_errors, registry_prefix, allow_pull, on_update=update, run_id=run_id
+            )
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
 
     try:
         if live is not None:
             live.start()
-        progress = asyncio.run(batch())
+        try:
+            progress = asyncio.run(batch())
+        except BaseException:
+            _remove_leftovers(run_id)
+            raise
     except (KeyboardInterrupt, asyncio.CancelledError) as exc:
         if live is not None:
             live.stop()
@@ -108,6 +131,8 @@ def run_command(
         raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 143) from None
     except (ModelError, SandboxError) as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:  # the run directory cannot be written (a bad path, permissions, a full disk)
+        raise _fail(f"cannot write the run directory {output}: {exc.strerror or exc} ({exc.filename or output}).") from None
     finally:
         if live is not None:
             live.stop()
