@@ -84,7 +84,9 @@ def episode(
     agent: dict | None = None,
     model: dict | None = None,
     sandbox: dict | None = None,
+    sampling: dict | None = None,
     run_id: str | None = None,
+    problem: str = PROBLEM,
 ) -> tuple[RunOutcome, Trajectory]:
     """Run one episode through `run_task`; checks the trajectory loads and no container is left."""
     run_id = run_id or f"test-{uuid.uuid4().hex[:8]}"
@@ -94,9 +96,10 @@ def episode(
             "agent": agent or {},
             "model": {"url": server.url, **FAST_MODEL, **(model or {})},
             "sandbox": {"command_timeout": 20, **(sandbox or {})},
+            "sampling": sampling or {},
         },
     )
-    task = Task(task_id="clamp", problem_statement=PROBLEM, repo_source=str(repo))
+    task = Task(task_id="clamp", problem_statement=problem, repo_source=str(repo))
     path = tmp_path / f"{run_id}.jsonl"
 
     async def go() -> RunOutcome:
@@ -197,6 +200,15 @@ def test_context_limit_bounds_the_reply_length(tmp_path, repo, docker_client):
     assert request.body["max_tokens"] <= size - request.prompt_tokens + 1
     assert request.finish_reason == "length"
     assert outcome.status in (ExitStatus.CONTEXT_LIMIT, ExitStatus.FORMAT_ERRORS)
+
+
+def test_configured_reply_length_is_what_the_server_is_asked_for(tmp_path, repo, docker_client):
+    with ScriptedServer(replies=[call("bash", "echo hi"), call("bash", "echo again")]) as server:
+        episode(tmp_path, repo, server, docker_client, sampling={"max_tokens": 300, "temperature": 0.2},
+                agent={"max_turns": 2})  # fmt: skip
+        bodies = [r.body for r in server.generation_requests()]
+    assert [b["max_tokens"] for b in bodies] == [300, 300]
+    assert all(b["temperature"] == 0.2 and b["stop"] == [EOT] for b in bodies)
 
 
 def test_time_limit_while_waiting_for_the_model(tmp_path, repo, docker_client):
@@ -369,6 +381,23 @@ def test_budget_block_counts_down_turns_and_tokens(tmp_path, repo, docker_client
     # count of the next prompt must be size - left, give or take a token at a seam.
     for left, request in zip(tokens, requests[1:]):
         assert abs((size - left) - request.prompt_tokens) <= 2, (left, request.prompt_tokens)
+    assert outcome.status is ExitStatus.MODEL_ERROR  # the script ran out
+
+
+def test_long_tool_output_and_issue_are_cut_to_their_token_limits(tmp_path, repo, docker_client):
+    problem = "BEGINNING of a long report. " + "filler words here. " * 300 + "The END: clamp ignores high."
+    with ScriptedServer(replies=[call("bash", "seq 1 5000")]) as server:
+        outcome, trajectory = episode(
+            tmp_path, repo, server, docker_client, problem=problem,
+            agent={"observation_max_tokens": 200, "issue_max_tokens": 50},
+        )  # fmt: skip
+        tokenizer = server.tokenizer
+    # The issue keeps its end (where reports usually say what is wrong), the output its start.
+    user = trajectory.header.user_prompt
+    assert "The END: clamp ignores high." in user and "BEGINNING" not in user and "[...]" in user
+    output = trajectory.turns[0].observation.content.split("<output>\n", 1)[1].split("\n</output>", 1)[0]
+    assert output.startswith("1\n2\n3\n") and output.endswith("[...]") and "5000" not in output
+    assert 100 <= len(tokenizer.encode(output)) <= 200
     assert outcome.status is ExitStatus.MODEL_ERROR  # the script ran out
 
 

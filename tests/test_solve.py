@@ -343,3 +343,46 @@ def test_interrupt_while_a_command_runs(tmp_path, repo, docker_client):
             if proc.poll() is None:
                 proc.kill()
     assert trajectory.turns[0].action.body == "sleep 100" and trajectory.turns[0].observation is None
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(90)
+def test_model_server_killed_mid_run_reports_model_error(tmp_path, repo, docker_client):
+    """The server process dies (SIGKILL) while the agent waits for a reply: a clear status, exit 1."""
+    script = tmp_path / "replies.json"
+    script.write_text(json.dumps([
+        call("bash", "echo first turn", "Look around."),
+        {"text": call("bash", "echo never", "Slow."), "latency": 60},
+    ]))  # fmt: skip
+    config = tmp_path / "fast-retries.yaml"
+    config.write_text(yaml.safe_dump({"model": {"max_retries": 2, "retry_initial_delay": 0.1, "retry_max_delay": 0.2}}))
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cwm_agent.model.scripted_server", "--replies", str(script), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out = tmp_path / "out"
+    path = out / "trajectory.jsonl"
+    proc = None
+    try:
+        assert "scripted model server at" in server.stdout.readline()
+        proc = subprocess.Popen(
+            [*cli(), "solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", f"http://127.0.0.1:{port}/v1",
+             "--config", str(config), "-o", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_for(lambda: path.exists() and '"type":"turn"' in path.read_text(), proc, "the first turn")
+        time.sleep(0.5)
+        server.kill()
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stdout + stderr
+    assert "Traceback" not in stderr
+    assert "model_error" in stdout and "not reachable" in stdout
+    trajectory = Trajectory.load(path)
+    assert trajectory.result.exit_status is ExitStatus.MODEL_ERROR and len(trajectory.turns) == 1
+    assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}") == []

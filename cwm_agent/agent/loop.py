@@ -218,5 +218,7 @@ class Agent:
         room = self.config.context_size - state.tokens_used
         if room <= 0:
             raise EpisodeEnd(ExitStatus.CONTEXT_LIMIT, f"the dialogue reached {self.config.context_size} tokens")
-        sampling = self.sampling.model_copy(update={"max_tokens": min(self.config.reply_max_tokens, room)})
+        # Both knobs hold (a user may set either), and never more than the context has left.
+        max_tokens = min(self.config.reply_max_tokens, self.sampling.max_tokens, room)
+        sampling = self.sampling.model_copy(update={"max_tokens": max_tokens})
         return await self.model.complete(state.prompt, sampling, prompt_tokens=state.tokens_used)
