@@ -223,6 +223,11 @@ class DockerSandbox:
         try:
             self._ensure_image()
             self._create_container()
+            if self._closed:
+                # close() ran in another thread (a signal, a cancelled task) while the container was
+                # being created, so it removed nothing: remove it here.
+                self._remove_container()
+                raise SandboxError("The sandbox was closed while it was starting.")
             self.session = BashSession(
                 _ContainerHost(self),
                 self.config.workdir,
@@ -288,6 +293,9 @@ class DockerSandbox:
             self.session._closed = True
             if self.session._stream is not None:
                 self.session._stream.close()
+        self._remove_container()
+
+    def _remove_container(self) -> None:
         try:
             # By name: also covers a container created by a call that was interrupted.
             self.client.api.remove_container(self.container.id if self.container else self.name, force=True)
