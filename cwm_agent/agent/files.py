@@ -7,6 +7,16 @@ import tempfile
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask is process-wide, so toggling it later would race other threads.
+_UMASK = _read_umask()
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` via a temporary file and a rename (all or nothing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -16,14 +26,8 @@ def write_text_atomic(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are meant to be shared
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
