@@ -7,6 +7,7 @@ import contextlib
 import re
 import signal
 import time
+import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -85,14 +86,25 @@ def write_outputs(outcome, output_dir: Path) -> None:
         write_text_atomic(output_dir / "patch.diff", outcome.patch)
 
 
-async def _solve(task, config, output_dir: Path):
+async def _solve(task, config, output_dir: Path, run_id: str | None = None):
     from cwm_agent.agent.run import run_task
     from cwm_agent.model.client import ModelClient
 
     async with ModelClient(config.model) as model:
         model_id = await model.check()
         config.model.model = config.model.model or model_id
-        return await run_task(task, config, model, output_dir / "trajectory.jsonl")
+        return await run_task(task, config, model, output_dir / "trajectory.jsonl", run_id=run_id)
+
+
+def _sweep(run_id: str) -> None:
+    """Remove the run's containers after an interruption. The run closes its sandbox itself; this
+    catches one that was still being created when the signal came (its thread has ended by now)."""
+    from cwm_agent.sandbox.cleanup import prune
+
+    try:
+        prune(run_id=run_id)
+    except Exception:  # best effort: `cwm-agent sandbox prune` remains for what this misses
+        pass
 
 
 def solve(
@@ -126,10 +138,12 @@ def solve(
     # Not made here: the trajectory writer makes it, so a mistake found first leaves no empty directory.
     output_dir = output or Path("runs") / time.strftime("solve-%Y%m%d-%H%M%S")
     task = Task(task_id=output_dir.name, problem_statement=problem, image=image, repo_source=repo, base_commit=commit)
+    run_id = uuid.uuid4().hex[:12]
     with _sigterm_interrupts() as terminated:
         try:
-            outcome = asyncio.run(_solve(task, config, output_dir))
+            outcome = asyncio.run(_solve(task, config, output_dir, run_id))
         except KeyboardInterrupt:
+            _sweep(run_id)
             err.print(f"interrupted: the container was removed; the partial trajectory is in {output_dir / 'trajectory.jsonl'}")
             raise typer.Exit(143 if terminated else 130) from None
         except (RepoError, SandboxError, ModelError) as exc:
