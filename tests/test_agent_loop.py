@@ -185,9 +185,14 @@ def test_context_limit_counts_tokens(tmp_path, repo, docker_client):
     with ScriptedServer(replies=replies) as server:
         outcome, trajectory = episode(tmp_path, repo, server, docker_client, agent={"context_size": size})
         assert len(server.generation_requests()) == 1  # the observation did not fit: no second request
+        sent = server.generation_requests()[0].prompt
     assert outcome.status is ExitStatus.CONTEXT_LIMIT
     assert str(size) in outcome.detail
     assert outcome.turns == 1
+    # The answer the model never saw is kept for readers but is not part of the replayable dialogue.
+    last = trajectory.turns[-1]
+    assert last.observation is None and "1999" in last.unsent_observation.content
+    assert rebuild_prompt(trajectory) == sent
 
 
 def test_context_limit_bounds_the_reply_length(tmp_path, repo, docker_client):

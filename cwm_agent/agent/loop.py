@@ -201,11 +201,14 @@ class Agent:
     async def _answer(self, state: _State, turn: Turn, message: Message, reply: str) -> None:
         """Append the reply and the harness's answer to the prompt, or end at the context limit."""
         continuation = render_continuation(reply, [message], self.config.reasoning)
-        turn.observation = message
-        self._record(state, turn)
         added = await self.model.count_tokens(continuation[len(reply) :])
         if state.tokens_used + added >= self.config.context_size:
+            # The model never sees this answer: keep it for readers, out of the replayable dialogue.
+            turn.unsent_observation = message
+            self._record(state, turn)
             raise EpisodeEnd(ExitStatus.CONTEXT_LIMIT, f"the dialogue reached {self.config.context_size} tokens")
+        turn.observation = message
+        self._record(state, turn)
         state.prompt += continuation
         state.tokens_used += added
 

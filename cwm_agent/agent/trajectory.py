@@ -84,6 +84,8 @@ class Turn(BaseModel):
     """`Kind: message` when the reply could not be parsed."""
     observation: Message | None = None
     """What the harness answered with; None when the episode ended at this reply."""
+    unsent_observation: Message | None = None
+    """The answer that would have followed when it did not fit in the context (never sent)."""
     tokens: TokenCounts = Field(default_factory=TokenCounts)
     model_seconds: float = 0.0
     tool_seconds: float = 0.0
