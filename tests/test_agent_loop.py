@@ -152,6 +152,27 @@ def test_submitted_then_summary_ends_with_the_patch(tmp_path, repo, docker_clien
     assert trajectory.header.system_prompt.startswith("You are a helpful")
 
 
+def test_chat_api_sends_the_dialogue_as_cwm_role_messages(tmp_path, repo, docker_client):
+    """With `model.api: chat` the same episode goes through /v1/chat/completions."""
+    replies = [
+        call("bash", "git diff > /tmp/none.patch; echo '--- x' ; sed -i 's/return value$/return high/' mathy.py"),
+        call("bash", "git diff > /tmp/fix.patch"),
+        call("submit", "/tmp/fix.patch"),
+        "<think>\n" + final(),  # a template that leaves the opening to the model
+    ]
+    with ScriptedServer(replies=replies) as server:
+        outcome, trajectory = episode(tmp_path, repo, server, docker_client, model={"api": "chat"})
+        requests = server.generation_requests()
+    assert outcome.status is ExitStatus.SUBMITTED and outcome.patch
+    assert {r.endpoint for r in requests} == {"/v1/chat/completions"}
+    last = requests[-1].body["messages"]
+    assert [m["role"] for m in last] == ["system", "user"] + ["assistant", "tool: bash", "assistant", "tool: bash", "assistant", "tool: submit"]
+    assert last[2]["content"] == "<think>\n" + replies[0]
+    assert last[-1]["content"].startswith("<output>\n") and "<submission>" in last[-1]["content"]
+    # The trajectory is the same shape whichever endpoint was used.
+    assert trajectory.turns[-1].raw == final()
+
+
 def test_reply_without_tool_call_before_any_submission_is_not_an_ending(tmp_path, repo, docker_client):
     """A summary with nothing submitted is a format error (lenient: fed back), not `submitted`."""
     replies = [final("I think it is fixed."), call("bash", "true"), final("Still nothing submitted.")]

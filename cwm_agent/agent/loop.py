@@ -19,7 +19,7 @@ from cwm_agent.agent.config import AgentConfig
 from cwm_agent.agent.trajectory import Action, ExitStatus, TokenCounts, Turn, TrajectoryWriter, initial_prompt
 from cwm_agent.model.client import Completion, ModelClient, ModelError, SamplingParams
 from cwm_agent.prompts.parse import FormatError, parse_reply
-from cwm_agent.prompts.render import Message, render_continuation
+from cwm_agent.prompts.render import THINK_START, Message, render_continuation
 from cwm_agent.prompts.templates import TRUNCATION_MARK, format_error, observation, truncate_left, truncate_right
 from cwm_agent.sandbox.base import SandboxError
 from cwm_agent.tools import ToolContext, ToolResult, run_tool
@@ -49,6 +49,9 @@ class EpisodeResult:
 @dataclass
 class _State:
     prompt: str
+    """The dialogue as CWM text (what /v1/completions is sent)."""
+    messages: list[dict[str, str]]
+    """The same dialogue as chat messages (what /v1/chat/completions is sent, with `model.api: chat`)."""
     turns: int = 0
     tokens_used: int = 0
     """Tokens of the dialogue so far (the server's count after each reply, plus our count of what we appended)."""
@@ -89,7 +92,10 @@ class Agent:
         self._wrapper_tokens = 0
 
     async def run(self, system_prompt: str, user_prompt: str) -> EpisodeResult:
-        state = _State(prompt=initial_prompt(system_prompt, user_prompt, self.config.reasoning))
+        state = _State(
+            prompt=initial_prompt(system_prompt, user_prompt, self.config.reasoning),
+            messages=[{"role": "system", "content": system_prompt}, {"role": "user", "content": user_prompt}],
+        )
         try:
             self._wrapper_tokens = await self.model.count_tokens(
                 render_continuation("", [Message(role="tool: bash", content=observation("", 0, 0))], self.config.reasoning)
@@ -210,6 +216,8 @@ class Agent:
         turn.observation = message
         self._record(state, turn)
         state.prompt += continuation
+        think = THINK_START if self.config.reasoning else ""
+        state.messages += [{"role": "assistant", "content": think + reply}, {"role": message.role, "content": message.content}]
         state.tokens_used += added
 
     def _record(self, state: _State, turn: Turn) -> None:
@@ -224,4 +232,11 @@ class Agent:
         # Both knobs hold (a user may set either), and never more than the context has left.
         max_tokens = min(self.config.reply_max_tokens, self.sampling.max_tokens, room)
         sampling = self.sampling.model_copy(update={"max_tokens": max_tokens})
+        if self.model.config.api == "chat":
+            # The server's chat template renders the dialogue; the reply should continue `<think>\n`
+            # like a completion does, so an opening the template left to the model is dropped.
+            completion = await self.model.chat(state.messages, sampling, prompt_tokens=state.tokens_used)
+            if self.config.reasoning and completion.text.startswith(THINK_START):
+                completion.text = completion.text[len(THINK_START) :]
+            return completion
         return await self.model.complete(state.prompt, sampling, prompt_tokens=state.tokens_used)
