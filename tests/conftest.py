@@ -21,3 +21,14 @@ def docker_client():
 @pytest.fixture
 def base_image(docker_client) -> str:
     return BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def local_images(docker_client):
+    """The local SWE-bench instances, with their images built if missing (`bash scripts/setup.sh --test`
+    builds them up front; here it takes well under a second when they exist)."""
+    from cwm_agent.benchmarks.swebench.local.build import build_local_images, local_instances
+
+    build_local_images()
+    return local_instances()
+

@@ -7,7 +7,6 @@ import os
 import subprocess
 
 import pytest
-from conftest_swebench import local_images  # noqa: F401  (fixture)
 from typer.testing import CliRunner
 
 from cwm_agent.benchmarks.swebench.dataset import Prediction

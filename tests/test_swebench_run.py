@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_swebench import local_images  # noqa: F401  (fixture)
 from gold_policy import GoldPolicy
 
 from cwm_agent.agent.trajectory import Trajectory

@@ -6,6 +6,8 @@ returned `ToolResult.output` goes inside `<output>` in the observation.
 
 from __future__ import annotations
 
+import time
+
 from cwm_agent.tools.base import SubmitKind, Tool, ToolContext, ToolResult, failure
 from cwm_agent.tools.bash import BashTool
 from cwm_agent.tools.create import CreateTool
@@ -26,7 +28,10 @@ def run_tool(name: str, body: str, ctx: ToolContext, tools: dict[str, Tool] | No
     if tool is None:
         names = ", ".join(available)
         return failure(f"There is no tool named {name!r}. The available tools are: {names}.")
-    return tool(body, ctx)
+    started = time.monotonic()
+    result = tool(body, ctx)
+    result.elapsed = time.monotonic() - started
+    return result
 
 
 __all__ = ["TOOLS", "SubmitKind", "Tool", "ToolContext", "ToolResult", "run_tool"]

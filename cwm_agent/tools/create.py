@@ -12,7 +12,6 @@ sandbox's file API (mode 0644).
 from __future__ import annotations
 
 import posixpath
-import time
 
 from cwm_agent.tools.base import ToolContext, ToolResult, failure, path_from_first_line, probe_path
 
@@ -38,12 +37,6 @@ class CreateTool:
     name = "create"
 
     def __call__(self, body: str, ctx: ToolContext) -> ToolResult:
-        started = time.monotonic()
-        result = self._run(body, ctx)
-        result.elapsed = time.monotonic() - started
-        return result
-
-    def _run(self, body: str, ctx: ToolContext) -> ToolResult:
         path, content = parse_create(body)
         if not path:
             return failure("The first line of a create call must be the path of the new file, followed by its content.")

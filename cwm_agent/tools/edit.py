@@ -20,7 +20,6 @@ images whose Python is old or missing.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from cwm_agent.tools.base import ToolContext, ToolResult, failure, path_from_first_line, probe_path
@@ -253,12 +252,6 @@ class EditTool:
     name = "edit"
 
     def __call__(self, body: str, ctx: ToolContext) -> ToolResult:
-        started = time.monotonic()
-        result = self._run(body, ctx)
-        result.elapsed = time.monotonic() - started
-        return result
-
-    def _run(self, body: str, ctx: ToolContext) -> ToolResult:
         try:
             request = parse_edit(body)
         except EditError as error:

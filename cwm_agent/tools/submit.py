@@ -13,7 +13,6 @@ A refused submission is an `ok=False` result saying why; the model can fix it an
 from __future__ import annotations
 
 import shlex
-import time
 
 from cwm_agent.prompts.templates import submission_feedback, test_submission_feedback
 from cwm_agent.tools.base import PROBE_TIMEOUT, ToolContext, ToolResult, failure, probe_path
@@ -103,13 +102,10 @@ class SubmitTool:
     name = "submit"
 
     def __call__(self, body: str, ctx: ToolContext) -> ToolResult:
-        started = time.monotonic()
         try:
-            result = self._run(body, ctx)
+            return self._run(body, ctx)
         except SubmitError as error:
-            result = failure(str(error))
-        result.elapsed = time.monotonic() - started
-        return result
+            return failure(str(error))
 
     def _run(self, body: str, ctx: ToolContext) -> ToolResult:
         path = parse_submit_path(body)

@@ -14,7 +14,6 @@ files in dataset order, one line per instance: the same final files however ofte
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 import uuid
@@ -238,15 +237,3 @@ def _write_if_changed(path: Path, text: str) -> None:
     """A resume with nothing new leaves the files as they were (contents and times)."""
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         write_text_atomic(path, text)
-
-
-def summary_rows(output_dir: Path) -> dict[str, int]:
-    results = _read_jsonl(output_dir / "results.jsonl", InstanceRun)
-    counts: dict[str, int] = {}
-    for record in results.values():
-        counts[record.status] = counts.get(record.status, 0) + 1
-    return counts
-
-
-def read_results(output_dir: Path) -> list[dict]:
-    return [json.loads(r.model_dump_json()) for r in _read_jsonl(output_dir / "results.jsonl", InstanceRun).values()]

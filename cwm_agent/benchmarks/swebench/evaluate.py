@@ -10,8 +10,6 @@ record, written last: its presence means the instance is done). OUT/report.json 
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -20,6 +18,7 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel
 
+from cwm_agent.agent.files import write_text_atomic
 from cwm_agent.benchmarks.swebench.dataset import Prediction, SWEBenchInstance
 from cwm_agent.benchmarks.swebench.grading import EMPTY_PATCH, ERROR, RESOLVED, UNRESOLVED, grade, make_summary
 from cwm_agent.benchmarks.swebench.images import REPO_DIR, resolve_image
@@ -70,13 +69,6 @@ class InstanceResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _write(path: Path, text: str) -> None:
-    """Write whole or not at all: a reader never sees a half-written file under the final name."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _sandbox_config(image: str, options: EvalOptions) -> SandboxConfig:
     no_index = options.pip_no_index if options.pip_no_index is not None else options.network == "none"
     env = {"PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"} if no_index else {}
@@ -115,16 +107,16 @@ def evaluate_instance(
 
     def finish() -> InstanceResult:
         result.total_s = round(time.monotonic() - started, 3)
-        _write(inst_dir / "result.json", json.dumps(asdict(result), indent=2) + "\n")
+        write_text_atomic(inst_dir / "result.json", json.dumps(asdict(result), indent=2) + "\n")
         return result
 
-    _write(inst_dir / "patch.diff", model_patch or "")
+    write_text_atomic(inst_dir / "patch.diff", model_patch or "")
     try:
         spec = spec or make_eval_spec(instance)
     except ValueError as exc:
         result.error = str(exc)
         return finish()
-    _write(inst_dir / "eval.sh", spec.eval_script)
+    write_text_atomic(inst_dir / "eval.sh", spec.eval_script)
 
     if not model_patch or not model_patch.strip():
         # Officially an empty patch is not run at all; it counts apart from resolved/unresolved.
@@ -152,11 +144,11 @@ def evaluate_instance(
             result.timings["apply_s"] = round(time.monotonic() - t1, 3)
             if not result.apply_command:
                 apply_log.append(f"{APPLY_PATCH_FAIL}\n")
-                _write(inst_dir / "apply.log", "".join(apply_log))
+                write_text_atomic(inst_dir / "apply.log", "".join(apply_log))
                 result.error = f"{APPLY_PATCH_FAIL}: the patch applies neither with git apply nor with patch (see apply.log)"
                 return finish()
             apply_log.append(f"{APPLY_PATCH_PASS}\n")
-            _write(inst_dir / "apply.log", "".join(apply_log))
+            write_text_atomic(inst_dir / "apply.log", "".join(apply_log))
 
             sandbox.write_file(EVAL_SCRIPT_PATH, spec.eval_script.encode("utf-8"), mode=0o755)
             run = sandbox.run(f"/bin/bash {EVAL_SCRIPT_PATH} > {TEST_OUTPUT_PATH} 2>&1", timeout=options.timeout)
@@ -168,14 +160,14 @@ def evaluate_instance(
                 log = ""
             if timed_out:
                 log += f"\n\nTimeout error: {options.timeout:g} seconds exceeded.\n"
-            _write(inst_dir / "test_output.txt", log)
+            write_text_atomic(inst_dir / "test_output.txt", log)
             t2 = time.monotonic()
         result.timings["close_s"] = round(time.monotonic() - t2, 3)
         if timed_out:
             result.error = f"Tests timed out after {options.timeout:g} seconds."
             return finish()
         report = grade(spec, model_patch, log)
-        _write(inst_dir / "report.json", json.dumps(report, indent=4) + "\n")
+        write_text_atomic(inst_dir / "report.json", json.dumps(report, indent=4) + "\n")
         entry = report[instance.instance_id]
         if not entry["patch_successfully_applied"]:
             result.error = "The eval script did not reach the tests (test patch failed or script died); see test_output.txt."
@@ -184,7 +176,7 @@ def evaluate_instance(
         return finish()
     except SandboxError as exc:
         if apply_log:
-            _write(inst_dir / "apply.log", "".join(apply_log))
+            write_text_atomic(inst_dir / "apply.log", "".join(apply_log))
         result.error = str(exc)
         return finish()
 
@@ -248,7 +240,7 @@ def evaluate_predictions(
                 [i.instance_id for i in instances], [p.instance_id for p in todo],
                 {k: r.outcome for k, r in results.items()},
             )
-            _write(out_dir / "report.json", json.dumps(summary, indent=4) + "\n")
+            write_text_atomic(out_dir / "report.json", json.dumps(summary, indent=4) + "\n")
     ordered = [results[p.instance_id] for p in todo if p.instance_id in results]
     return summary, ordered
 
