@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -187,6 +188,33 @@ def test_solve_without_an_accepted_patch_exits_1_and_keeps_the_working_tree_diff
     assert not (out / "patch.diff").exists()
     assert "scratch.py" in (out / "working_tree.diff").read_text()
     assert Trajectory.load(out / "trajectory.jsonl").result.exit_status is ExitStatus.TURN_LIMIT
+
+
+@pytest.mark.timeout(120)
+def test_solve_with_the_local_backend_works_in_a_temporary_directory(tmp_path, repo):
+    """No Docker at all: the repository goes to a temporary directory that the prompt names, the
+    tools and the diff work there, and the directory is gone afterwards."""
+    replies = [
+        call("bash", "pwd && git ls-files", "Where am I?"),
+        call("edit", "mathy.py\n<<<<<<< SEARCH\n    if value > high:\n        return value\n=======\n"
+             "    if value > high:\n        return high\n>>>>>>> REPLACE", "Fix the upper branch."),  # fmt: skip
+        call("bash", "git diff > fix.patch", "Write the patch."),
+        call("submit", "fix.patch", "Submit it."),
+        "Done.\n</think>\nFixed clamp.",
+    ]
+    out = tmp_path / "out"
+    with ScriptedServer(replies=replies) as server:
+        proc = run_cli("solve", "--sandbox", "local", "--repo", str(repo), "--issue", ISSUE, "--model-url", server.url, "-o", str(out))
+        first_prompt = server.generation_requests()[0].prompt
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trajectory = Trajectory.load(out / "trajectory.jsonl")
+    workdir = trajectory.turns[0].observation.content.split("\n")[1]
+    assert workdir.startswith(tempfile.gettempdir()) and "cwm-local-" in workdir
+    assert workdir in first_prompt and "/testbed" not in first_prompt
+    assert "+        return high" in (out / "patch.diff").read_text()
+    assert "fix.patch" not in (out / "working_tree.diff").read_text()  # patch files are not changes
+    assert not Path(workdir).exists()
+    assert git(repo, "status", "--porcelain") == ""  # the user's checkout is untouched
 
 
 # -- user mistakes -----------------------------------------------------------------------------

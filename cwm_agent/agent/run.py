@@ -58,19 +58,19 @@ def _sandbox_for(task: Task, config: RunConfig, run_id: str) -> Sandbox:
 
 
 def _prepare_repo(sandbox: Sandbox, task: Task, checkout: tuple[Path, str] | None) -> str:
-    """Make the task's repository ready in the sandbox; returns the base commit.
+    """Make the task's repository ready at `sandbox.workdir`; returns the base commit.
 
     `checkout`: the host checkout of `task.repo_source` and its commit, when the task has one.
     """
     if checkout is not None:
-        copy_checkout_in(sandbox, checkout[0], task.repo_dir)
+        copy_checkout_in(sandbox, checkout[0], sandbox.workdir)
         base = checkout[1]
     else:
-        base = task.base_commit or head_commit(sandbox, task.repo_dir)
+        base = task.base_commit or head_commit(sandbox, sandbox.workdir)
     if task.scrub_history:
         from cwm_agent.benchmarks.swebench.images import scrub_git_history
 
-        scrub_git_history(sandbox, base)
+        scrub_git_history(sandbox, base, sandbox.workdir)
     return base
 
 
@@ -105,7 +105,10 @@ async def run_task(
     turns = context_tokens = completion_tokens = 0
     try:
         statement = await cut_to_tokens(model, task.problem_statement, config.agent.issue_max_tokens, keep="right")
-        user_prompt = test_generation_prompt(statement) if task.kind == "test" else issue_prompt(statement)
+        # The repository is at the sandbox's work directory: task.repo_dir in a container, a
+        # temporary directory standing in for it with the local backend.
+        make_prompt = test_generation_prompt if task.kind == "test" else issue_prompt
+        user_prompt = make_prompt(statement, repo_root=sandbox.workdir)
         system = system_prompt(
             session_timeout=int(config.sandbox.command_timeout),
             context_size=config.agent.context_size,
@@ -129,7 +132,7 @@ async def run_task(
             await asyncio.to_thread(shutil.rmtree, scratch, True)
         tools = ToolContext(
             sandbox=sandbox,
-            repo_dir=task.repo_dir,
+            repo_dir=sandbox.workdir,
             base_commit=base_commit,
             command_timeout=config.sandbox.command_timeout,
             submit_kind="file" if task.kind == "test" else "patch",
@@ -138,7 +141,7 @@ async def run_task(
         status, detail, submission = episode.status, episode.detail, episode.submission
         turns, context_tokens, completion_tokens = episode.turns, episode.context_tokens, episode.completion_tokens
         try:
-            diff = await asyncio.to_thread(working_tree_diff, sandbox, task.repo_dir, base_commit)
+            diff = await asyncio.to_thread(working_tree_diff, sandbox, sandbox.workdir, base_commit)
         except SandboxError as exc:
             # The episode's own ending (and an accepted patch) stands; say what is missing.
             detail = f"{detail}; " if detail else ""

@@ -90,6 +90,11 @@ class Sandbox(Protocol):
 
     config: SandboxConfig
 
+    @property
+    def workdir(self) -> str:
+        """The directory the session starts in, as commands in the sandbox name it (Docker:
+        `config.workdir`; local: a temporary directory standing in for it)."""
+
     def start(self) -> None:
         """Create the machine and start the session (idempotent)."""
 

@@ -130,9 +130,10 @@ class LocalSandbox:
 
     @property
     def workdir(self) -> str:
-        """The temporary directory the session starts in (a host path)."""
+        """The temporary directory the session starts in (a host path); made on first use, so the
+        prompt can name it before the session starts. `close()` removes it."""
         if self.root is None:
-            raise SandboxError("The sandbox is not started.")
+            self.root = Path(tempfile.mkdtemp(prefix="cwm-local-"))
         return str(self.root)
 
     def start(self) -> None:
@@ -143,11 +144,10 @@ class LocalSandbox:
         log.warning("local sandbox: commands run on this host without any isolation")
         cleanup.track(self)
         try:
-            self.root = Path(tempfile.mkdtemp(prefix="cwm-local-"))
-            env = {**self.config.env, "CWM_WORKDIR": str(self.root)}
+            env = {**self.config.env, "CWM_WORKDIR": self.workdir}
             self.session = BashSession(
                 _LocalHost(),
-                str(self.root),
+                self.workdir,
                 env=env,
                 startup_commands=self.config.startup_commands,
                 output_cap_bytes=self.config.output_cap_bytes,
