@@ -101,6 +101,23 @@ def test_missing_image_is_a_clear_error(docker_client):
     assert containers_of(docker_client, run_id) == []
 
 
+def test_pull_with_no_registry_answering_is_a_clear_error(docker_client):
+    """allow_pull against a registry that does not answer (a closed port on this machine)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run_id = uuid.uuid4().hex[:12]
+    image = f"127.0.0.1:{port}/cwm-agent/absent:1"
+    config = SandboxConfig(image=image, run_id=run_id, allow_pull=True)
+    with pytest.raises(ImageNotFoundError, match="pulling it failed") as info:
+        with make_sandbox(config, client=docker_client):
+            pass
+    assert image in str(info.value)
+    assert containers_of(docker_client, run_id) == []
+
+
 def test_failing_startup_command_leaves_no_container(docker_client):
     run_id = uuid.uuid4().hex[:12]
     with pytest.raises(SandboxError, match="exit 4"):
