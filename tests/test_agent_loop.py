@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from cwm_agent.agent.config import load_config
+from cwm_agent.agent.config import ConfigError, load_config
+from cwm_agent.agent.loop import cut_to_tokens
 from cwm_agent.agent.run import RunOutcome, run_task
 from cwm_agent.agent.task import Task
 from cwm_agent.agent.trajectory import ExitStatus, Trajectory, initial_prompt, rebuild_prompt
@@ -425,6 +426,21 @@ def test_long_tool_output_and_issue_are_cut_to_their_token_limits(tmp_path, repo
     assert output.startswith("1\n2\n3\n") and output.endswith("[...]") and "5000" not in output
     assert 100 <= len(tokenizer.encode(output)) <= 200
     assert outcome.status is ExitStatus.MODEL_ERROR  # the script ran out
+
+
+def test_a_limit_below_the_cut_marks_own_size_ends_instead_of_looping():
+    async def go() -> str:
+        with ScriptedServer(replies=[]) as server:
+            async with ModelClient(load_config(None, {"model": {"url": server.url}}).model) as client:
+                return await asyncio.wait_for(cut_to_tokens(client, "word " * 500, 1, keep="left"), 20)
+
+    assert asyncio.run(go()) == "[...]"
+
+
+@pytest.mark.parametrize("key", ["max_turns", "context_size", "observation_max_tokens", "issue_max_tokens", "max_format_errors"])
+def test_limits_must_be_positive(key):
+    with pytest.raises(ConfigError, match=f"agent.{key}"):
+        load_config(None, {"agent": {key: 0}})
 
 
 def test_prompts_only_grow_and_the_trajectory_rebuilds_the_last_one(tmp_path, repo, docker_client):

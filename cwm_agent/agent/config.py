@@ -21,19 +21,19 @@ class AgentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_turns: int = 128
+    max_turns: int = Field(128, gt=0)
     """Model replies allowed; the last one ends the episode without running its tool."""
-    context_size: int = 131_072
+    context_size: int = Field(131_072, gt=0)
     """Tokens in the whole dialogue (prompt + replies) before the episode ends."""
-    issue_max_tokens: int = 8_192
+    issue_max_tokens: int = Field(8_192, gt=0)
     """The task's problem statement is cut from the left (its end kept) to this many tokens."""
-    observation_max_tokens: int = 32_768
+    observation_max_tokens: int = Field(32_768, gt=0)
     """One tool result is cut on the right to this many tokens."""
-    reply_max_tokens: int = 65_536
+    reply_max_tokens: int = Field(65_536, gt=0)
     """Most tokens the model may write in one reply."""
-    wall_clock_limit: float = 7_200.0
+    wall_clock_limit: float = Field(7_200.0, gt=0)
     """Seconds an episode may take in all (CWM's sandbox lifetime)."""
-    max_format_errors: int = 5
+    max_format_errors: int = Field(5, gt=0)
     """Consecutive replies with a format error before the episode ends."""
     strict_format: bool = False
     """End the episode at the first format error instead of telling the model what to fix."""

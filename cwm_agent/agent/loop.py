@@ -68,7 +68,10 @@ async def cut_to_tokens(model: ModelClient, text: str, max_tokens: int, keep: st
     count = await model.count_tokens(text)
     while count > max_tokens:
         keep_chars = max(0, int(len(text) * max_tokens / count * 0.95) - len(TRUNCATION_MARK))
-        text = truncate_right(text, keep_chars) if keep == "left" else truncate_left(text, keep_chars)
+        cut = truncate_right(text, keep_chars) if keep == "left" else truncate_left(text, keep_chars)
+        if cut == text:  # only the mark is left and it alone is over the limit: cutting cannot help
+            break
+        text = cut
         count = await model.count_tokens(text)
     return text
 
