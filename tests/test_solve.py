@@ -287,6 +287,41 @@ def test_solve_user_mistakes_are_one_clear_line(tmp_path, repo, docker_client, i
     assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}") == []
 
 
+@pytest.mark.timeout(60)
+def test_solve_output_path_that_is_a_file_or_unwritable_is_one_clear_line(tmp_path, repo, idle_server):
+    taken = tmp_path / "taken"
+    taken.write_text("mine\n")
+    proc = run_cli("solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", idle_server.url, "-o", str(taken))
+    assert_clear_error(proc, str(taken))
+    assert taken.read_text() == "mine\n"
+    # A directory below a file cannot be made: found only once the run writes its trajectory.
+    below = taken / "out"
+    scratch_before = set(Path(tempfile.gettempdir()).glob("cwm-repo-*"))
+    proc = run_cli("solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", idle_server.url, "-o", str(below))
+    assert_clear_error(proc, str(below))
+    assert set(Path(tempfile.gettempdir()).glob("cwm-repo-*")) <= scratch_before  # the host clone is removed
+    assert idle_server.generation_requests() == []
+
+
+def test_solve_max_turns_zero_is_refused_not_ignored(tmp_path, repo, idle_server):
+    proc = run_cli("solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", idle_server.url,
+                   "-o", str(tmp_path / "out"), "--max-turns", "0")  # fmt: skip
+    assert_clear_error(proc, "agent.max_turns")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_without_a_patch_removes_an_earlier_runs_patch_file(tmp_path):
+    from cwm_agent.agent.cli import write_outputs
+    from cwm_agent.agent.run import RunOutcome
+
+    earlier = RunOutcome("t", ExitStatus.SUBMITTED, "", "diff --git a/x b/x\n", "d1", 3, 10, 5, 1.0, tmp_path / "t.jsonl")
+    write_outputs(earlier, tmp_path)
+    assert (tmp_path / "patch.diff").read_text() == "diff --git a/x b/x\n"
+    later = RunOutcome("t", ExitStatus.TURN_LIMIT, "", None, "d2", 3, 10, 5, 1.0, tmp_path / "t.jsonl")
+    write_outputs(later, tmp_path)
+    assert not (tmp_path / "patch.diff").exists() and (tmp_path / "working_tree.diff").read_text() == "d2"
+
+
 # -- Ctrl-C and SIGTERM -------------------------------------------------------------------------
 
 

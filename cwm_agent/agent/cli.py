@@ -84,6 +84,8 @@ def write_outputs(outcome, output_dir: Path) -> None:
     write_text_atomic(output_dir / "working_tree.diff", outcome.final_diff)
     if outcome.patch:
         write_text_atomic(output_dir / "patch.diff", outcome.patch)
+    else:  # a patch.diff left by an earlier run into the same directory is not this run's
+        (output_dir / "patch.diff").unlink(missing_ok=True)
 
 
 async def _solve(task, config, output_dir: Path, run_id: str | None = None):
@@ -128,7 +130,7 @@ def solve(
     problem = _read_issue(issue)
     overrides = {
         "model": {"url": model_url} if model_url else {},
-        "agent": {"max_turns": max_turns} if max_turns else {},
+        "agent": {"max_turns": max_turns} if max_turns is not None else {},
         "sandbox": {"backend": sandbox} if sandbox else {},
     }
     try:
@@ -137,6 +139,8 @@ def solve(
         raise _fail(str(exc)) from None
     # Not made here: the trajectory writer makes it, so a mistake found first leaves no empty directory.
     output_dir = output or Path("runs") / time.strftime("solve-%Y%m%d-%H%M%S")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise _fail(f"-o {output_dir} is a file; pass a directory.")
     task = Task(task_id=output_dir.name, problem_statement=problem, image=image, repo_source=repo, base_commit=commit)
     run_id = uuid.uuid4().hex[:12]
     with _sigterm_interrupts() as terminated:
@@ -148,6 +152,9 @@ def solve(
             raise typer.Exit(143 if terminated else 130) from None
         except (RepoError, SandboxError, ModelError) as exc:
             raise _fail(str(exc)) from None
+        except OSError as exc:  # e.g. the output directory cannot be written (permissions, a full disk)
+            where = f"cannot write {exc.filename}: " if exc.filename else ""
+            raise _fail(f"{where}{exc.strerror or exc}") from None
     from cwm_agent.agent.trajectory import ExitStatus
 
     if outcome.status is ExitStatus.SANDBOX_ERROR and outcome.turns == 0:

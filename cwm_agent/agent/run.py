@@ -98,7 +98,12 @@ async def run_task(
             shutil.rmtree(scratch, ignore_errors=True)
             raise
         checkout = (scratch / "repo", sha)
-    writer = TrajectoryWriter(trajectory_path)
+    try:
+        writer = TrajectoryWriter(trajectory_path)
+    except BaseException:  # an unwritable output path: the caller reports it; the clone must not stay behind
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
     sandbox = _sandbox_for(task, config, run_id)
     base_commit = ""
     status, detail, submission, diff = ExitStatus.SANDBOX_ERROR, "", None, ""
