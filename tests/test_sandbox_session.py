@@ -108,6 +108,19 @@ def test_timeout_interrupts_and_session_keeps_state(sandbox):
     assert sandbox.run("echo $KEEP").output == "1\n"
 
 
+@pytest.mark.timeout(60)
+def test_timeout_returns_while_an_earlier_background_job_keeps_writing(sandbox):
+    # The job started before the timed-out command, so the interrupt spares it; its output must
+    # not keep the session reading forever (nor pile up in memory).
+    sandbox.run("(while :; do echo tick; sleep 0.01; done) & echo $! > ticker.pid")
+    try:
+        r = sandbox.run("sleep 30", timeout=1)
+        assert r.status == RunStatus.TIMEOUT and r.elapsed < 8
+    finally:
+        sandbox.run("kill $(cat ticker.pid); rm -f ticker.pid")
+    assert sandbox.run("sleep 0.2; echo next").output.endswith("next\n")
+
+
 def test_stuck_shell_is_restarted_in_workdir(sandbox):
     sandbox.run("cd /; export GONE=1")
     r = sandbox.run("while :; do :; done", timeout=1)

@@ -379,9 +379,7 @@ class BashSession:
                 end = self._collect(marker, out, time.monotonic() + self.interrupt_grace)
         if end.how == "done":
             # Last words of the killed processes belong to this command, not the next one.
-            self._drain()
-            out.add(bytes(self._pending))
-            self._pending.clear()
+            self._drain(out)
         return end
 
     def _collect(self, marker: bytes, out: _Output, deadline: float) -> _End:
@@ -414,9 +412,7 @@ class BashSession:
             elif chunk == b"" or (time.monotonic() - quiet_since > 0.2 and not self._stream.alive()):
                 # The shell is gone. A background process may still hold the stream open, so
                 # its liveness is checked directly, not only by the end of the stream.
-                self._drain()
-                out.add(bytes(self._pending))
-                self._pending.clear()
+                self._drain(out)
                 return _End(None, "died")
 
     def _take_start_marker(self, out: _Output) -> None:
@@ -439,10 +435,15 @@ class BashSession:
             self._start_ticks = int(seconds) * USER_HZ + int(hundredths[:2].ljust(2, "0"))
             self._start_last_pid = int(last_pid) if last_pid.isdigit() else 0
 
-    def _drain(self) -> None:
+    def _drain(self, out: _Output, seconds: float = 1.0) -> None:
+        """Move the pending bytes and what still arrives into `out`, until 50 ms pass quietly or
+        `seconds` in all: a background process the interrupt spared may never stop writing."""
         assert self._stream is not None
-        while (chunk := self._stream.read(0.05)):
-            self._pending += chunk
+        out.add(bytes(self._pending))
+        self._pending.clear()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and (chunk := self._stream.read(0.05)):
+            out.add(chunk)
 
     def _read_line_after(self, token: bytes, deadline: float) -> str | None:
         assert self._stream is not None
