@@ -175,3 +175,13 @@ def test_a_busy_port_is_reported_before_starting_vllm(fake_vllm: Path, tmp_path:
         )  # fmt: skip
     assert result.returncode == 2 and f"port {port}" in result.stderr and "--port" in result.stderr
     assert not (tmp_path / "argv.json").exists()
+
+
+def test_an_unwritable_log_file_is_reported_before_starting_vllm(fake_vllm: Path, tmp_path: Path):
+    log_file = tmp_path / "no-such-dir" / "vllm.log"
+    result = subprocess.run(
+        [*CLI, "serve", "--tensor-parallel", "1", "--port", str(free_port()), "--log-file", str(log_file)],
+        capture_output=True, text=True, env=env_with(str(fake_vllm)), timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2 and "--log-file" in result.stderr and str(log_file) in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "argv.json").exists()

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -142,13 +143,13 @@ def resolve_tensor_parallel(opts: ServeOptions) -> int:
 class _LogPump(threading.Thread):
     """Copies vLLM's output to our stderr (unless quiet) and a log file, keeping the last lines."""
 
-    def __init__(self, stream, quiet: bool, log_file: Path | None):
+    def __init__(self, stream, quiet: bool, log: TextIO | None):
         super().__init__(name="vllm-log", daemon=True)
-        self.stream, self.quiet, self.log_file = stream, quiet, log_file
+        self.stream, self.quiet, self.log = stream, quiet, log
         self.tail: collections.deque[str] = collections.deque(maxlen=40)
 
     def run(self) -> None:
-        log = self.log_file.open("a") if self.log_file else None
+        log = self.log
         try:
             for line in iter(self.stream.readline, ""):
                 self.tail.append(line.rstrip("\n"))
@@ -202,6 +203,12 @@ def serve(opts: ServeOptions, *, quiet: bool = False, echo: Callable[[str], None
     cmd = build_command(opts, tensor_parallel, vllm)
     url = endpoint_url(opts)
     health = url[: -len("/v1")] + "/health"
+    # Opened here, not in the log thread: a failure there would leave vLLM's output undrained
+    # (vLLM then blocks on a full pipe) and only print a thread's traceback.
+    try:
+        log = opts.log_file.open("a") if opts.log_file else None
+    except OSError as exc:
+        raise ServeError(f"--log-file {opts.log_file}: cannot open it for writing ({exc.strerror or exc})") from None
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -210,7 +217,7 @@ def serve(opts: ServeOptions, *, quiet: bool = False, echo: Callable[[str], None
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             text=True, errors="replace", start_new_session=True,
         )  # fmt: skip
-        pump = _LogPump(proc.stdout, quiet, opts.log_file)
+        pump = _LogPump(proc.stdout, quiet, log)
         pump.start()
         echo(f"started vLLM (pid {proc.pid}): {shlex.join(['vllm', *cmd[1:]])}")
         try:
