@@ -19,7 +19,7 @@ from cwm_agent.model.client import (
     ModelUnavailableError,
     SamplingParams,
 )
-from cwm_agent.model.scripted_server import Fault, ScriptedServer
+from cwm_agent.model.scripted_server import Fault, Reply, ScriptedServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -129,6 +129,20 @@ def test_retry_total_seconds_bounds_the_time_spent_retrying():
         elapsed = time.monotonic() - started
     assert elapsed < 1.5
     assert 2 <= len(server.generation_requests()) < 20
+
+
+def test_waiting_for_a_concurrency_slot_does_not_use_up_the_retry_budget():
+    # Request 0 holds the only slot for 1 s; request 1 then meets one 503 and must still be retried.
+    script = {0: Reply("first", latency=1.0), 1: Fault.http(503, "busy")}
+    with ScriptedServer(policy=lambda request: script.get(request.index, "second")) as server:
+        config = fast_config(server.url, model="cwm-scripted", max_concurrency=1, retry_total_seconds=0.5)
+
+        async def go():
+            client = ModelClient(config)
+            return await asyncio.gather(client.complete("a"), client.complete("b"))
+
+        first, second = run(go())
+    assert (first.text, second.text, second.attempts) == ("first", "second", 2)
 
 
 def test_a_client_error_is_raised_at_once_without_retry():

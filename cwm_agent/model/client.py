@@ -14,6 +14,7 @@ A client belongs to the event loop that first uses it; used from a new loop (a s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import time
@@ -436,17 +437,16 @@ class ModelClient:
         """Send with retries; return (parsed reply, seconds of the good attempt, attempts)."""
         http, limit = self._bind()
         cfg = self.config
-        started = time.monotonic()
+        started: float | None = None
         attempt = 0
         while True:
             attempt += 1
             try:
-                if limited:
-                    async with limit:
-                        sent = time.monotonic()
-                        resp = await http.request(method, url, json=body, timeout=timeout or httpx.USE_CLIENT_DEFAULT)
-                else:
+                async with limit if limited else contextlib.nullcontext():
                     sent = time.monotonic()
+                    # The retry budget starts with the first attempt: waiting for a slot behind
+                    # other rollouts' generations is not retrying.
+                    started = sent if started is None else started
                     resp = await http.request(method, url, json=body, timeout=timeout or httpx.USE_CLIENT_DEFAULT)
                 latency = time.monotonic() - sent
                 return parse(self._reply_json(resp, what)), latency, attempt
@@ -458,6 +458,7 @@ class ModelClient:
                 reason, retry_after = f"no reply in time ({type(exc).__name__})", None
             except httpx.TransportError as exc:
                 reason, retry_after = f"{type(exc).__name__}: {exc or 'connection failed'}", None
+            assert started is not None  # every failure above comes after the first send
             elapsed = time.monotonic() - started
             delay = min(cfg.retry_max_delay, cfg.retry_initial_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             if retry_after is not None:
