@@ -106,6 +106,32 @@ def test_empty_broken_and_unappliable_patches(local_images, tmp_path):
     _no_containers_left()
 
 
+KILL_EVAL_SCRIPT = """\
+diff --git a/conftest.py b/conftest.py
+new file mode 100644
+--- /dev/null
++++ b/conftest.py
+@@ -0,0 +1,4 @@
++import os
++import signal
++
++os.kill(os.getppid(), signal.SIGKILL)
+"""
+
+
+def test_a_log_without_test_markers_is_unresolved_as_officially_not_an_error(local_images, tmp_path):
+    """The patch applies, then kills the eval script before its end marker: the official harness still
+    writes a report (patch_successfully_applied false), so the instance is completed and unresolved."""
+    inst = _by_id(local_images)[SIX]
+    preds = [Prediction(instance_id=SIX, model_name_or_path="t", model_patch=inst.patch + KILL_EVAL_SCRIPT)]
+    summary, (result,) = evaluate_predictions([inst], preds, tmp_path)
+    report = json.loads((tmp_path / SIX / "report.json").read_text())[SIX]
+    assert report["patch_successfully_applied"] is False and report["resolved"] is False
+    assert result.outcome == "unresolved" and "did not reach the tests" in result.error
+    assert summary["unresolved_ids"] == [SIX] and summary["completed_instances"] == 1 and summary["error_ids"] == []
+    _no_containers_left()
+
+
 def test_fuzzy_patch_falls_back_to_patch_and_reruns_are_skipped(local_images, tmp_path):
     inst = _by_id(local_images)[SIX]
     # A context line that differs from the file: git apply refuses, `patch --fuzz` applies it.

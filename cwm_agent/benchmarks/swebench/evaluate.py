@@ -170,6 +170,8 @@ def evaluate_instance(
         write_text_atomic(inst_dir / "report.json", json.dumps(report, indent=4) + "\n")
         entry = report[instance.instance_id]
         if not entry["patch_successfully_applied"]:
+            # The official harness wrote a report here, so it counts the instance completed and unresolved.
+            result.outcome = UNRESOLVED
             result.error = "The eval script did not reach the tests (test patch failed or script died); see test_output.txt."
         else:
             result.outcome = RESOLVED if entry["resolved"] else UNRESOLVED
