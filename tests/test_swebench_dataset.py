@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cwm_agent.benchmarks.swebench.dataset import DatasetError, SWEBenchInstance, load_instances, load_predictions
-from cwm_agent.benchmarks.swebench.images import candidate_images, local_image_name, official_image_name
+from cwm_agent.benchmarks.swebench.images import candidate_images, local_image_name, official_image_name, resolve_image
+from cwm_agent.sandbox.base import ImageNotFoundError
 from cwm_agent.benchmarks.swebench.local import INSTANCES_FILE
 from cwm_agent.benchmarks.swebench.spec import END_TEST_OUTPUT, START_TEST_OUTPUT, SpecError, make_eval_spec
 
@@ -83,6 +84,14 @@ def test_5x_style_rows_keep_their_image_and_script(tmp_path):
     assert spec.eval_script == "#!/bin/bash\necho hi\n" and spec.log_parser == "pytest"
     with pytest.raises(SpecError, match="x/y"):
         make_eval_spec(SWEBenchInstance(instance_id="x__y-2", repo="x/y", base_commit="abc"))
+
+
+@pytest.mark.docker
+def test_a_row_image_that_is_not_a_valid_reference_is_an_image_not_found_error(docker_client):
+    """Docker answers 400 for such a name; it must be the per-instance error the batch records, not a crash."""
+    inst = SWEBenchInstance(instance_id="x__y-3", repo="x/y", base_commit="abc", image="Bad::Name")
+    with pytest.raises(ImageNotFoundError, match="Bad::Name"):
+        resolve_image(inst, docker_client)
 
 
 def test_image_names_follow_the_official_conventions():

@@ -56,6 +56,12 @@ def _has_image(client: "docker.DockerClient", name: str) -> bool:
         return True
     except docker.errors.ImageNotFound:
         return False
+    except docker.errors.APIError as exc:
+        if exc.status_code == 400:  # not a valid image reference (e.g. a dataset row's `image`): no such image
+            return False
+        raise SandboxError(f"cannot look up image {name}: {exc.explanation or exc}") from None
+    except docker.errors.DockerException as exc:  # the engine did not answer (a timeout under load)
+        raise SandboxError(f"cannot look up image {name}: {exc}") from None
 
 
 def resolve_image(
