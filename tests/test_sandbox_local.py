@@ -45,3 +45,29 @@ def test_failing_startup_command_is_an_error():
         sb.start()
     with pytest.raises(SandboxError, match="closed"):
         sb.run("true")
+
+
+def test_sigterm_while_the_main_thread_registers_a_sandbox_still_cleans_up():
+    # The handler runs in the main thread, possibly while it holds the registry's lock
+    # (a sandbox starting or closing): it must close the sandboxes and exit, not deadlock.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import os, signal, sys
+        from cwm_agent.sandbox import SandboxConfig, make_sandbox
+        from cwm_agent.sandbox import cleanup
+        sb = make_sandbox(SandboxConfig(backend="local"))
+        sb.start()
+        print(sb.workdir, flush=True)
+        with cleanup._lock:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):
+                pass
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 143, proc.stderr
+    assert not Path(proc.stdout.strip()).exists()

@@ -31,7 +31,7 @@ class _Closable(Protocol):
 
 
 _live: dict[int, _Closable] = {}
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: the signal handler runs in the main thread, maybe inside `with _lock`
 _installed = False
 _atexit_registered = False
 
