@@ -211,3 +211,33 @@ def test_prune_after_sigkill(docker_client):
     assert containers_of(docker_client, run_id) == []
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(left.id)
+
+
+def test_two_prunes_at_once_remove_everything_without_error(docker_client, base_image):
+    # A prune racing another one (or a run closing its sandboxes) sees containers vanish while it works.
+    import threading
+
+    run_id = uuid.uuid4().hex[:12]
+    labels = {PROJECT_LABEL: "cwm-agent", RUN_ID_LABEL: run_id}
+    for _ in range(16):
+        docker_client.containers.create(base_image, ["true"], labels=labels, network_mode="none")
+    errors: list[BaseException] = []
+    removed: list[str] = []
+
+    def worker() -> None:
+        try:
+            removed.extend(prune(run_id, client=docker_client))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == []
+        assert len(set(removed)) == 16
+    finally:
+        prune(run_id, client=docker_client)
+    assert containers_of(docker_client, run_id) == []

@@ -14,7 +14,7 @@ import socket
 import threading
 from typing import Any, Protocol
 
-from cwm_agent.sandbox.base import OWNER_PID_LABEL, PROJECT_LABEL, RUN_ID_LABEL
+from cwm_agent.sandbox.base import OWNER_PID_LABEL, PROJECT_LABEL, RUN_ID_LABEL, SandboxError
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +138,14 @@ def prune(run_id: str | None = None, dead_only: bool = False, client: Any = None
     if run_id:
         filters.append(f"{RUN_ID_LABEL}={run_id}")
     removed = []
-    for container in client.containers.list(all=True, filters={"label": filters}):
+    # Containers may vanish while we work (their run closing them, another prune).
+    for container in client.containers.list(all=True, filters={"label": filters}, ignore_removed=True):
         if dead_only and _owner_alive(container.labels):
             continue
         try:
             container.remove(force=True)
             removed.append(container.name)
-        except docker.errors.NotFound:
-            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code not in (404, 409):  # 409: someone else is removing it right now
+                raise SandboxError(f"Could not remove container {container.name}: {exc.explanation or exc}") from exc
     return removed
