@@ -19,8 +19,8 @@ from cwm_agent.agent.config import AgentConfig
 from cwm_agent.agent.trajectory import Action, ExitStatus, TokenCounts, Turn, TrajectoryWriter, initial_prompt
 from cwm_agent.model.client import Completion, ModelClient, ModelError, SamplingParams
 from cwm_agent.prompts.parse import FormatError, parse_reply
-from cwm_agent.prompts.render import THINK_START, Message, render_continuation
-from cwm_agent.prompts.templates import TRUNCATION_MARK, format_error, observation, truncate_left, truncate_right
+from cwm_agent.prompts.render import THINK_START, Message, defuse_special_tokens, render_continuation
+from cwm_agent.prompts.templates import TRUNCATION_MARK, observation, truncate_left, truncate_right
 from cwm_agent.sandbox.base import SandboxError
 from cwm_agent.tools import ToolContext, ToolResult, run_tool
 
@@ -63,8 +63,11 @@ class _State:
     """The turn under way, until it is written (so that a time limit mid-turn still records it)."""
 
 
-async def cut_to_tokens(model: ModelClient, text: str, max_tokens: int, keep: str) -> str:
-    """Cut `text` to at most `max_tokens` tokens, keeping its start (`keep="left"`) or end ("right")."""
+async def cut_to_tokens(model: ModelClient, text: str, max_tokens: int, keep: str) -> tuple[str, int]:
+    """Cut `text` to at most `max_tokens` tokens, keeping its start (`keep="left"`) or end ("right").
+
+    Returns the text and its token count (one /tokenize call when nothing is cut).
+    """
     count = await model.count_tokens(text)
     while count > max_tokens:
         keep_chars = max(0, int(len(text) * max_tokens / count * 0.95) - len(TRUNCATION_MARK))
@@ -73,7 +76,7 @@ async def cut_to_tokens(model: ModelClient, text: str, max_tokens: int, keep: st
             break
         text = cut
         count = await model.count_tokens(text)
-    return text
+    return text, count
 
 
 class Agent:
@@ -144,15 +147,18 @@ class Agent:
     async def step(self, state: _State) -> None:
         completion = await self._query(state)
         state.turns += 1
-        state.completion_tokens += completion.completion_tokens
-        state.tokens_used = completion.prompt_tokens + completion.completion_tokens
+        # Servers that report no usage: our own counts (the prompt's is kept up to date anyway).
+        prompt_tokens = completion.prompt_tokens if completion.prompt_tokens is not None else state.tokens_used
+        completion_tokens = completion.completion_tokens
+        if completion_tokens is None:
+            completion_tokens = await self.model.count_tokens(completion.text)
+        state.completion_tokens += completion_tokens
+        state.tokens_used = prompt_tokens + completion_tokens
         turn = Turn(
             index=state.turns,
             raw=completion.text,
             finish_reason=completion.finish_reason,
-            tokens=TokenCounts(
-                prompt=completion.prompt_tokens, completion=completion.completion_tokens, cached=completion.cached_tokens
-            ),
+            tokens=TokenCounts(prompt=prompt_tokens, completion=completion_tokens, cached=completion.cached_tokens),
             model_seconds=completion.latency,
         )
         state.pending = turn
@@ -167,7 +173,7 @@ class Agent:
                 self._record(state, turn)
                 raise EpisodeEnd(ExitStatus.SUBMITTED)
         except FormatError as error:
-            turn.format_error = format_error(error.kind, str(error))
+            turn.format_error = error.feedback()
             state.format_errors_in_a_row += 1
             if self.config.strict_format:
                 self._record(state, turn)
@@ -196,21 +202,25 @@ class Agent:
         turn.tool_ok = result.ok
         if result.submission is not None:
             state.submission = result.submission
-        text = await cut_to_tokens(self.model, result.output, self.config.observation_max_tokens, keep="left")
-        text_tokens = await self.model.count_tokens(text)
-        remaining_tokens = self.config.context_size - state.tokens_used - text_tokens - self._wrapper_tokens
+        output = defuse_special_tokens(result.output)
+        text, text_tokens = await cut_to_tokens(self.model, output, self.config.observation_max_tokens, keep="left")
+        estimate = text_tokens + self._wrapper_tokens
+        remaining_tokens = self.config.context_size - state.tokens_used - estimate
         body = observation(text, self.config.max_turns - state.turns, max(0, remaining_tokens))
-        await self._answer(state, turn, Message(role=f"tool: {call.name}", content=body), completion.text)
+        await self._answer(state, turn, Message(role=f"tool: {call.name}", content=body), completion.text, estimate)
 
     def _check_turns(self, state: _State, turn: Turn) -> None:
         if state.turns >= self.config.max_turns:
             self._record(state, turn)
             raise EpisodeEnd(ExitStatus.TURN_LIMIT, f"reached the limit of {self.config.max_turns} turns")
 
-    async def _answer(self, state: _State, turn: Turn, message: Message, reply: str) -> None:
-        """Append the reply and the harness's answer to the prompt, or end at the context limit."""
+    async def _answer(self, state: _State, turn: Turn, message: Message, reply: str, tokens: int | None = None) -> None:
+        """Append the reply and the harness's answer to the prompt, or end at the context limit.
+
+        `tokens`: what the answer adds to the dialogue, when the caller has counted it already.
+        """
         continuation = render_continuation(reply, [message], self.config.reasoning)
-        added = await self.model.count_tokens(continuation[len(reply) :])
+        added = tokens if tokens is not None else await self.model.count_tokens(continuation[len(reply) :])
         if state.tokens_used + added >= self.config.context_size:
             # The model never sees this answer: keep it for readers, out of the replayable dialogue.
             turn.unsent_observation = message

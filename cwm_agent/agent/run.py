@@ -23,6 +23,7 @@ from cwm_agent.agent.repo import checkout_copy, copy_checkout_in, head_commit, w
 from cwm_agent.agent.task import Task
 from cwm_agent.agent.trajectory import ExitStatus, Header, Result, TrajectoryWriter
 from cwm_agent.model.client import ModelClient, ModelError
+from cwm_agent.prompts.render import defuse_special_tokens
 from cwm_agent.prompts.templates import issue_prompt, system_prompt, test_generation_prompt
 from cwm_agent.sandbox import make_sandbox
 from cwm_agent.sandbox.base import Sandbox, SandboxError
@@ -109,7 +110,9 @@ async def run_task(
     status, detail, submission, diff = ExitStatus.SANDBOX_ERROR, "", None, ""
     turns = context_tokens = completion_tokens = 0
     try:
-        statement = await cut_to_tokens(model, task.problem_statement, config.agent.issue_max_tokens, keep="right")
+        statement, _ = await cut_to_tokens(
+            model, defuse_special_tokens(task.problem_statement), config.agent.issue_max_tokens, keep="right"
+        )
         # The repository is at the sandbox's work directory: task.repo_dir in a container, a
         # temporary directory standing in for it with the local backend.
         make_prompt = test_generation_prompt if task.kind == "test" else issue_prompt

@@ -213,3 +213,14 @@ def find_special_tokens(text: str) -> list[str]:
     """
     found = [(text.find(tok), tok) for tok in SPECIAL_TOKENS if tok in text]
     return [tok for _, tok in sorted(found)]
+
+
+_SPECIAL_TOKEN_RE = re.compile(r"<\|([A-Za-z0-9_]+)\|>")
+
+
+def defuse_special_tokens(text: str) -> str:
+    """`text` with every special-token-shaped string (`<|eot_id|>`, `<|reserved_..._7|>`, ...)
+    broken as `<\\|eot_id|>`, so that a tool's output or an issue sent inside a text prompt cannot
+    end a message or open a header: the server would parse the bare string as a real special token.
+    """
+    return _SPECIAL_TOKEN_RE.sub(lambda m: "<\\|" + m.group(1) + "|>", text)
