@@ -244,6 +244,8 @@ class ScriptedServer:
         self.max_model_len = max_model_len
         self.latency = latency
         self.block_size = max(1, block_size)
+        self.report_usage = True
+        """False: replies carry no `usage` (as some OpenAI-compatible servers do)."""
         self.fallback = fallback
         self.tokenizer = ScriptTokenizer()
         self._requests: list[RecordedRequest] = []
@@ -474,18 +476,20 @@ class ScriptedServer:
         record.reply = texts[0]
         record.finish_reason = choices[0]["finish_reason"]
         record.cached_tokens = cached
+        usage = {
+            "prompt_tokens": len(prompt_ids),
+            "total_tokens": len(prompt_ids) + completion_tokens,
+            "completion_tokens": completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
         return {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
             "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
             "model": self.model,
             "choices": choices,
-            "usage": {
-                "prompt_tokens": len(prompt_ids),
-                "total_tokens": len(prompt_ids) + completion_tokens,
-                "completion_tokens": completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": cached},
-            },
+            # Some OpenAI-compatible servers send no usage; report_usage=False plays one.
+            **({"usage": usage} if self.report_usage else {}),
         }
 
 
