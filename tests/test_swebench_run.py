@@ -332,3 +332,23 @@ def test_bad_inputs_exit_2_with_one_line(model, tmp_path):
     assert generations(server) == asked
     for pid in _launched[-len(cases):]:
         assert containers_of(pid) == []
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(120)
+def test_an_unexpected_failure_of_one_instance_does_not_end_the_batch(tmp_path, model):
+    """One instance's trajectory cannot be written (its path is a directory): that instance is a
+    `harness_error`, re-run on request, and the others finish normally."""
+    server, _ = model
+    out = tmp_path / "run"
+    (out / "trajectories" / "cwm-local__six-1.jsonl").mkdir(parents=True)
+    proc = batch(server, out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    status = {r["instance_id"]: r["status"] for r in lines(out / "results.jsonl")}
+    assert status == {IDS[0]: "submitted", IDS[1]: "harness_error", IDS[2]: "submitted"}
+    assert "IsADirectoryError" in lines(out / "results.jsonl")[1]["detail"]
+    assert "1 errors" in proc.stdout
+    (out / "trajectories" / "cwm-local__six-1.jsonl").rmdir()
+    rerun = batch(server, out, "--rerun-errors")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert {r["status"] for r in lines(out / "results.jsonl")} == {"submitted"}

@@ -14,6 +14,7 @@ files in dataset order, one line per instance: the same final files however ofte
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 import uuid
@@ -33,7 +34,9 @@ from cwm_agent.benchmarks.swebench.tasks import instance_task
 from cwm_agent.model.client import ModelClient
 from cwm_agent.sandbox.base import SandboxError
 
-ERROR_STATUSES = {ExitStatus.MODEL_ERROR.value, ExitStatus.SANDBOX_ERROR.value, "image_error"}
+log = logging.getLogger(__name__)
+
+ERROR_STATUSES = {ExitStatus.MODEL_ERROR.value, ExitStatus.SANDBOX_ERROR.value, "image_error", "harness_error"}
 """Outcomes that say nothing about the model's ability: re-run on request."""
 
 
@@ -179,9 +182,16 @@ async def run_batch(
                 image = await asyncio.to_thread(resolve_image, instance, client, registry_prefix, allow_pull)
             except SandboxError as exc:
                 record = InstanceRun(instance_id=instance.instance_id, status="image_error", detail=str(exc))
-                patch = ""
+                patch, outcome = "", None
             else:
-                outcome = await run_task(instance_task(instance, image), config, model, trajectory, run_id)
+                try:
+                    outcome = await run_task(instance_task(instance, image), config, model, trajectory, run_id)
+                except Exception as exc:  # noqa: BLE001 - one instance's surprise must not end a six-hour run
+                    log.exception("%s: unexpected error", instance.instance_id)
+                    outcome = None
+                    record = InstanceRun(instance_id=instance.instance_id, status="harness_error", detail=f"{type(exc).__name__}: {exc}")
+                    patch = ""
+            if outcome is not None:
                 record = InstanceRun(
                     instance_id=instance.instance_id,
                     status=outcome.status.value,
