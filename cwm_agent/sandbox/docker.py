@@ -184,6 +184,8 @@ class DockerSandbox:
     def __init__(self, config: SandboxConfig, client: docker.DockerClient | None = None) -> None:
         self.config = config
         self._client = client
+        self._owns_client = client is None
+        """A client made here is closed with the sandbox (its connection pool would outlive it)."""
         self.run_id = config.run_id or uuid.uuid4().hex[:12]
         self.name = f"cwm-{self.run_id}-{uuid.uuid4().hex[:6]}"
         self.container: Any = None
@@ -294,6 +296,8 @@ class DockerSandbox:
             if self.session._stream is not None:
                 self.session._stream.close()
         self._remove_container()
+        if self._owns_client and self._client is not None:
+            self._client.close()
 
     def _remove_container(self) -> None:
         try:

@@ -214,6 +214,7 @@ class BashSession:
         self._stream: Stream | None = None
         self._pending = bytearray()
         self._lock = threading.Lock()
+        self._next_liveness_check = 0.0
         self._closed = False
         # Where the shell's clock (seconds since boot) stood at a moment of our monotonic clock.
         self._uptime_at = (0.0, 0.0)
@@ -409,11 +410,21 @@ class BashSession:
             if chunk:
                 self._pending += chunk
                 quiet_since = time.monotonic()
-            elif chunk == b"" or (time.monotonic() - quiet_since > 0.2 and not self._stream.alive()):
+            elif chunk == b"" or (self._liveness_check_due(quiet_since) and not self._stream.alive()):
                 # The shell is gone. A background process may still hold the stream open, so
                 # its liveness is checked directly, not only by the end of the stream.
                 self._drain(out)
                 return _End(None, "died")
+
+    def _liveness_check_due(self, quiet_since: float) -> bool:
+        """Whether to ask the host if the shell still lives: after 0.2 s of silence, then at most
+        every 2 s (for Docker each check is a request to the engine, and a long silent test run
+        in each of 64 sandboxes would otherwise be hundreds of requests a second)."""
+        now = time.monotonic()
+        if now - quiet_since <= 0.2 or now < self._next_liveness_check:
+            return False
+        self._next_liveness_check = now + 2.0
+        return True
 
     def _take_start_marker(self, out: _Output) -> None:
         """Remove the line saying when the command started; what came before it is stray output of
