@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,18 @@ class RunOutcome:
     completion_tokens: int
     elapsed: float
     trajectory: Path
+
+
+def size_thread_pool(concurrent_tasks: int) -> None:
+    """Give the running event loop enough threads for `concurrent_tasks` episodes at once.
+
+    Every sandbox call runs in a thread (`asyncio.to_thread`); the default pool has
+    min(32, cores + 4) threads, which on a 2-core host would queue 64 rollouts' commands behind
+    six threads. Call it from the coroutine that starts the episodes.
+    """
+    workers = 2 * max(1, concurrent_tasks) + 4
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cwm-sandbox")
+    asyncio.get_running_loop().set_default_executor(executor)
 
 
 def _sandbox_for(task: Task, config: RunConfig, run_id: str) -> Sandbox:

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from cwm_agent.agent.config import RunConfig
 from cwm_agent.agent.files import write_text_atomic
-from cwm_agent.agent.run import run_task
+from cwm_agent.agent.run import run_task, size_thread_pool
 from cwm_agent.agent.trajectory import ExitStatus
 from cwm_agent.benchmarks.swebench.dataset import SWEBenchInstance
 from cwm_agent.benchmarks.swebench.images import resolve_image
@@ -166,6 +166,7 @@ async def run_batch(
     for instance in todo:
         queue.put_nowait(instance)
 
+    size_thread_pool(workers)
     async with ModelClient(config.model) as model:
         # Asked even when the config names the model: an unreachable server fails here in seconds,
         # before any file is written, not once per instance after minutes of retries.
