@@ -170,8 +170,11 @@ def test_chat_api_sends_the_dialogue_as_cwm_role_messages(tmp_path, repo, docker
     assert [m["role"] for m in last] == ["system", "user"] + ["assistant", "tool: bash", "assistant", "tool: bash", "assistant", "tool: submit"]
     assert last[2]["content"] == "<think>\n" + replies[0]
     assert last[-1]["content"].startswith("<output>\n") and "<submission>" in last[-1]["content"]
-    # The trajectory is the same shape whichever endpoint was used.
+    # The trajectory is the same shape whichever endpoint was used; the exact text exists only for completions.
     assert trajectory.turns[-1].raw == final()
+    assert [m.role for m in trajectory.messages()][: len(last)] == [m["role"] for m in last]
+    with pytest.raises(ValueError, match="model.api: chat"):
+        rebuild_prompt(trajectory)
 
 
 def test_reply_without_tool_call_before_any_submission_is_not_an_ending(tmp_path, repo, docker_client):

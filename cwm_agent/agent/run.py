@@ -182,7 +182,7 @@ async def run_task(
             final_diff=diff,
             base_commit=base_commit,
             turns=turns,
-            prompt_tokens=context_tokens,
+            context_tokens=context_tokens,
             completion_tokens=completion_tokens,
             elapsed=time.monotonic() - started,
         )

@@ -11,7 +11,7 @@ Schema (one JSON object per line, `type` says which record):
 3. `result` (last line, absent when the process was killed): exit status, submission, the
    harness's own diff of the working tree, totals.
 
-Each line is flushed when written, so a crash leaves every finished turn readable.
+Each line is flushed when written, so a crash or kill leaves every finished turn readable.
 `rebuild_prompt` gives back, from the file alone, the exact text CWM saw for the next reply.
 """
 
@@ -103,8 +103,10 @@ class Result(BaseModel):
     """`git diff` of the working tree against the base commit, new files included."""
     base_commit: str = ""
     turns: int = 0
-    prompt_tokens: int = 0
+    context_tokens: int = 0
+    """Tokens of the whole dialogue at the end (the last prompt plus its reply)."""
     completion_tokens: int = 0
+    """Tokens the model generated over all turns."""
     elapsed: float = 0.0
 
 
@@ -122,8 +124,11 @@ class TrajectoryWriter:
 
     def write(self, record: Header | Turn | Result) -> None:
         self._file.write(record.model_dump_json() + "\n")
+        # Flushed, each line is safe from a crash or kill of this process; only the last record
+        # is also fsynced (against a machine crash): an fsync per turn would stall the event loop.
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if isinstance(record, Result):
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         if not self._file.closed:
@@ -181,8 +186,15 @@ def initial_prompt(system_prompt: str, user_prompt: str, reasoning: bool) -> str
 
 
 def rebuild_prompt(trajectory: Trajectory) -> str:
-    """The exact prompt text of the request that followed the last turn with an observation."""
+    """The exact prompt text of the request that followed the last turn with an observation.
+
+    Only for `/v1/completions` runs (the default): with `model.api: chat` the server's template
+    rendered the prompt, and `Trajectory.messages()` is the record of what was sent.
+    """
     header = trajectory.header
+    if header.config.get("model", {}).get("api") == "chat":
+        raise ValueError("this trajectory was run with model.api: chat; its prompts were rendered by the server "
+                         "(use Trajectory.messages() for the dialogue)")
     prompt = initial_prompt(header.system_prompt, header.user_prompt, header.reasoning)
     for turn in trajectory.turns:
         if turn.observation is None:
