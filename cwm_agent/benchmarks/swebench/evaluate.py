@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from cwm_agent.agent.files import write_text_atomic
 from cwm_agent.benchmarks.swebench.dataset import Prediction, SWEBenchInstance
@@ -48,7 +49,8 @@ class EvalOptions(BaseModel):
     """Pull missing images from a registry."""
     memory: str = "8g"
     cpus: float = 2.0
-    run_id: str = "swebench-eval"
+    run_id: str = Field(default_factory=lambda: f"eval-{uuid.uuid4().hex[:10]}")
+    """Label of this evaluation's containers (`cwm-agent sandbox prune --run-id`): one per run."""
     rerun: bool = False
     """Evaluate instances again even when OUT/<id>/result.json says they are done."""
 
@@ -118,7 +120,7 @@ def evaluate_instance(
         return finish()
     write_text_atomic(inst_dir / "eval.sh", spec.eval_script)
 
-    if not model_patch or not model_patch.strip():
+    if not model_patch:  # as the official harness: only "" or None is empty; "\n" is run (and fails to apply)
         # Officially an empty patch is not run at all; it counts apart from resolved/unresolved.
         result.outcome = EMPTY_PATCH
         return finish()
@@ -220,7 +222,7 @@ def evaluate_predictions(
                 return done
         return evaluate_instance(by_id[pred.instance_id], pred.model_patch, out_dir, options, client)
 
-    if any(p.model_patch and p.model_patch.strip() for p in todo):
+    if any(p.model_patch for p in todo):
         from cwm_agent.sandbox.images import docker_client
 
         client = docker_client()
