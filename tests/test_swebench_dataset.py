@@ -173,3 +173,16 @@ def test_unreachable_hub_fails_fast_with_advice(monkeypatch, tmp_path):
     with pytest.raises(DatasetError, match="unreachable.*local .jsonl"):
         load_instances("princeton-nlp/SWE-bench_Verified")
     assert time.monotonic() - started < 15
+
+
+def test_unreadable_dataset_and_predictions_are_clear_errors(tmp_path):
+    from cwm_agent.benchmarks.swebench.dataset import DatasetError, load_instances, load_predictions
+
+    binary = tmp_path / "data.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        load_instances(binary)
+    folder = tmp_path / "preds.jsonl"
+    folder.mkdir()
+    with pytest.raises(DatasetError):
+        load_predictions(folder)

@@ -87,6 +87,15 @@ class Prediction(BaseModel):
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
+    try:
+        return _parse_rows(path)
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it the right file?") from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}.") from None
+
+
+def _parse_rows(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
