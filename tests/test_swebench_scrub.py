@@ -36,7 +36,7 @@ echo '# edited' >> calc.py
 def sandbox(base_image):
     from cwm_agent.sandbox.docker import DockerSandbox
 
-    with DockerSandbox(SandboxConfig(image=base_image, startup_commands=startup_commands(base_image))) as sb:
+    with DockerSandbox(SandboxConfig(image=base_image, startup_commands=startup_commands())) as sb:
         yield sb
 
 

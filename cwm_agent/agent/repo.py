@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import tempfile
 from pathlib import Path
 
 import git
@@ -70,15 +69,6 @@ def copy_checkout_in(sandbox: Sandbox, checkout: Path, repo_dir: str) -> None:
     if result.exit_code != 0:
         raise SandboxError(f"cannot create {repo_dir} in the sandbox: {result.output}")
     sandbox.copy_in(checkout, repo_dir)
-
-
-def copy_repo_in(sandbox: Sandbox, source: str, revision: str | None, repo_dir: str) -> str:
-    """Put a checkout of `source` at `revision` into `repo_dir` in the sandbox; returns the commit sha."""
-    with tempfile.TemporaryDirectory(prefix="cwm-repo-") as tmp:
-        checkout = Path(tmp) / "repo"
-        sha = checkout_copy(source, revision, checkout)
-        copy_checkout_in(sandbox, checkout, repo_dir)
-    return sha
 
 
 def head_commit(sandbox: Sandbox, repo_dir: str) -> str:

@@ -119,6 +119,8 @@ def bench_mini_swe_agent(image: str, n: int, client) -> Row:
             proc = subprocess.run(
                 [python, "-c", _MSA_SCRIPT, image, str(n), labels], capture_output=True, text=True, timeout=600, cwd=tmp
             )
+        except subprocess.TimeoutExpired:
+            return Row("mini-swe-agent DockerEnvironment", [], "not measured: timed out after 600 s")
         finally:
             from cwm_agent.sandbox.cleanup import prune
 
@@ -179,11 +181,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{row.name:36} {row.p50:8.2f} {row.pct(0.95):8.2f} {row.p50 / session.p50:13.1f}x  {row.note}")
     print(f"\ncontainer start to first command's result: {start_to_first * 1000:.0f} ms")
-    slowest_exec = min((r.p50 for r in rows[1:] if r.samples and "exec" in r.name), default=None)
+    fastest_exec = min((r.p50 for r in rows[1:] if r.samples and "exec" in r.name), default=None)
     ok_p50 = session.p50 < SESSION_P50_GOAL_MS
     print(f"goal session p50 < {SESSION_P50_GOAL_MS:g} ms: {'met' if ok_p50 else 'NOT met'} ({session.p50:.2f} ms)")
-    if slowest_exec is not None:
-        speedup = slowest_exec / session.p50
+    if fastest_exec is not None:
+        speedup = fastest_exec / session.p50
         print(f"goal >= {SPEEDUP_GOAL:g}x faster than the fastest docker exec: {'met' if speedup >= SPEEDUP_GOAL else 'NOT met'} ({speedup:.0f}x)")
     return 0
 

@@ -105,7 +105,7 @@ def resolve_image(
     raise ImageNotFoundError(f"No image for {instance.instance_id}: tried {tried}{detail}. To get one, {how}.")
 
 
-def startup_commands(image: str | None = None) -> list[str]:
+def startup_commands() -> list[str]:
     """Session startup for an instance image: activate its env when it has one, and start in /testbed.
 
     The check runs inside the container, so it holds for official images (conda) and local ones (none).

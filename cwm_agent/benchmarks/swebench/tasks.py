@@ -18,5 +18,5 @@ def instance_task(instance: SWEBenchInstance, image: str, kind: str = "patch") -
         repo_dir=REPO_DIR,
         base_commit=instance.base_commit,
         scrub_history=True,
-        startup_commands=startup_commands(image),
+        startup_commands=startup_commands(),
     )

@@ -61,9 +61,5 @@ LOCAL_REPO_SPECS["cwm-agent/tinyintervals"] = {"0.1": {"test_cmd": PYTEST_CMD, "
 """The bundled demo task (cwm_agent/benchmarks/demo), built from files of our own rather than an sdist."""
 
 
-def is_local_repo(repo: str) -> bool:
-    return repo in LOCAL_REPO_SPECS
-
-
 def base_diff_path(instance_id: str) -> Path:
     return LOCAL_DIR / f"{instance_id}.base.diff"
