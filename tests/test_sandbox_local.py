@@ -71,3 +71,22 @@ def test_sigterm_while_the_main_thread_registers_a_sandbox_still_cleans_up():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 143, proc.stderr
     assert not Path(proc.stdout.strip()).exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_startup_command_that_wedges_the_shell_is_an_error_not_an_endless_restart(tmp_path):
+    """The shell itself spins (a builtin loop ignoring SIGINT): interrupting cannot help, and a
+    restart would run the same startup command again. The session must give up with an error."""
+    from cwm_agent.sandbox.local import _LocalHost
+    from cwm_agent.sandbox.session import BashSession
+
+    session = BashSession(_LocalHost(), str(tmp_path), env={}, startup_commands=["trap '' INT; while :; do :; done"],
+                          startup_timeout=2)  # fmt: skip
+    started = time.monotonic()
+    try:
+        with pytest.raises(SandboxError, match="did not recover"):
+            session.start()
+    finally:
+        session.close()
+    assert time.monotonic() - started < 30
+    assert session._stream is None  # no half-started shell left for a later run()

@@ -240,6 +240,16 @@ class BashSession:
             stream.close()
 
     def _start_locked(self) -> None:
+        try:
+            self._spawn_locked()
+        except BaseException:
+            # No half-started shell (e.g. one whose startup commands failed) is used by a later run().
+            stream, self._stream = self._stream, None
+            if stream is not None:
+                stream.close()
+            raise
+
+    def _spawn_locked(self) -> None:
         self._pending.clear()
         self._stream = self.host.spawn_shell(self.workdir, self.env)
         ready = f"__CWM_READY_{uuid.uuid4().hex}__"
@@ -330,12 +340,18 @@ class BashSession:
             # The shell went away between commands (e.g. killed from outside): start afresh, once.
             self._restart_locked()
             started = time.monotonic()
-            self._stream.send(wrapped)
+            try:
+                self._stream.send(wrapped)
+            except OSError as exc:
+                raise SandboxError(f"The bash session died again right after a restart: {exc}") from exc
         end = self._collect(marker, out, started + timeout)
         restarted = False
         if end.how == "timeout":
             end = self._interrupt(marker, out, started)
             if end.how != "done":
+                if not restart_on_death:
+                    # A startup command: restarting would run it again, and again.
+                    raise SandboxError(f"Command {command!r} timed out and the shell did not recover.")
                 self._restart_locked()
                 restarted = True
             status, exit_code = RunStatus.TIMEOUT, None
