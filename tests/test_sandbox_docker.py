@@ -90,6 +90,11 @@ def test_copy_in_and_out(sandbox, tmp_path):
     assert (out / "repo" / "pkg" / "mod.py").read_text() == "x = 1\n"
     with pytest.raises(FileNotFoundError):
         sandbox.copy_out("/work/nothing", out)
+    # Links inside the tree are kept; a link out of it (a venv's python) is skipped, not fatal.
+    sandbox.run("cd /work/repo && ln -s pkg/mod.py inner && ln -s /usr/bin/python3 python")
+    sandbox.copy_out("/work/repo", tmp_path / "out2")
+    assert (tmp_path / "out2" / "repo" / "inner").read_text() == "x = 1\n"
+    assert not (tmp_path / "out2" / "repo" / "python").exists()
 
 
 def test_missing_image_is_a_clear_error(docker_client):

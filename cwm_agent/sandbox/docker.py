@@ -450,4 +450,14 @@ class DockerSandbox:
                 tmp.write(chunk)
             tmp.seek(0)
             with tarfile.open(fileobj=tmp) as tar:
-                tar.extractall(dest, filter="data")
+                tar.extractall(dest, filter=_safe_member)
+
+
+def _safe_member(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+    """tarfile's `data` filter, except that a link pointing outside the copy (`python -> /usr/bin/python3`,
+    common in repositories and venvs) is skipped with a warning instead of failing the whole copy."""
+    try:
+        return tarfile.data_filter(member, path)
+    except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
+        log.warning("copy_out: skipped %s, a link to %s outside the copied tree", member.name, member.linkname)
+        return None
