@@ -145,6 +145,15 @@ def test_waiting_for_a_concurrency_slot_does_not_use_up_the_retry_budget():
     assert (first.text, second.text, second.attempts) == ("first", "second", 2)
 
 
+def test_a_long_generation_that_then_fails_is_still_retried():
+    # The first attempt runs 1 s (a long generation) and then fails: the retry budget (0.5 s) counts
+    # from that failure, so the request is retried and succeeds.
+    with ScriptedServer([Fault("status", status=503, latency=1.0, message="worker died"), "recovered"]) as server:
+        config = fast_config(server.url, model="cwm-scripted", retry_total_seconds=0.5)
+        result = run(ModelClient(config).complete("a"))
+    assert (result.text, result.attempts) == ("recovered", 2)
+
+
 def test_a_client_error_is_raised_at_once_without_retry():
     with ScriptedServer(["unused"]) as server:
         server.inject_faults([Fault.http(400, "stop must be a list of strings")])

@@ -80,7 +80,8 @@ class ModelConfig(BaseModel):
     max_retries: int = Field(8, ge=0)
     """Retries after the first attempt on connection errors, timeouts, 429, 5xx and broken replies."""
     retry_total_seconds: float = 600.0
-    """No retry starts once this many seconds have passed since the first attempt."""
+    """No retry starts once this many seconds have passed since the request first failed (a long
+    generation that breaks after 20 minutes is still retried; a server that stays down is not)."""
     retry_initial_delay: float = 0.5
     """First backoff delay; doubles per retry, with jitter, up to retry_max_delay."""
     retry_max_delay: float = 30.0
@@ -437,16 +438,13 @@ class ModelClient:
         """Send with retries; return (parsed reply, seconds of the good attempt, attempts)."""
         http, limit = self._bind()
         cfg = self.config
-        started: float | None = None
+        failing_since: float | None = None
         attempt = 0
         while True:
             attempt += 1
             try:
                 async with limit if limited else contextlib.nullcontext():
                     sent = time.monotonic()
-                    # The retry budget starts with the first attempt: waiting for a slot behind
-                    # other rollouts' generations is not retrying.
-                    started = sent if started is None else started
                     resp = await http.request(method, url, json=body, timeout=timeout or httpx.USE_CLIENT_DEFAULT)
                 latency = time.monotonic() - sent
                 return parse(self._reply_json(resp, what)), latency, attempt
@@ -458,8 +456,10 @@ class ModelClient:
                 reason, retry_after = f"no reply in time ({type(exc).__name__})", None
             except httpx.TransportError as exc:
                 reason, retry_after = f"{type(exc).__name__}: {exc or 'connection failed'}", None
-            assert started is not None  # every failure above comes after the first send
-            elapsed = time.monotonic() - started
+            # The budget runs from the first failure: neither waiting for a slot behind other
+            # rollouts nor a long good generation before a failure is retrying.
+            failing_since = failing_since if failing_since is not None else time.monotonic()
+            elapsed = time.monotonic() - failing_since
             delay = min(cfg.retry_max_delay, cfg.retry_initial_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             if retry_after is not None:
                 delay = max(delay, min(retry_after, cfg.retry_max_delay))
