@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import random
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
@@ -221,6 +222,7 @@ class ModelClient:
         self._http: httpx.AsyncClient | None = None
         self._limit: asyncio.Semaphore | None = None
         self._model_lock: asyncio.Lock | None = None
+        self._tokenizer_lock = threading.Lock()
         self._tokenizer: Any = None
 
     async def __aenter__(self) -> ModelClient:
@@ -501,8 +503,15 @@ class ModelClient:
                     "a local tokenizer is configured but `transformers` is not installed: "
                     "pip install transformers, or leave the tokenizer unset to count tokens with the server's /tokenize"
                 ) from None
+            def load() -> Any:
+                # Once per client, however many rollouts ask at the same moment.
+                with self._tokenizer_lock:
+                    if self._tokenizer is None:
+                        self._tokenizer = AutoTokenizer.from_pretrained(self.config.tokenizer)
+                    return self._tokenizer
+
             try:
-                self._tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self.config.tokenizer)
+                await asyncio.to_thread(load)
             except Exception as exc:  # transformers raises many kinds (OSError, ValueError, HF errors)
                 raise ModelError(f"cannot load the tokenizer {self.config.tokenizer!r}: {exc}") from None
         return self._tokenizer
