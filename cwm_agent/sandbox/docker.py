@@ -230,14 +230,7 @@ class DockerSandbox:
                 # being created, so it removed nothing: remove it here.
                 self._remove_container()
                 raise SandboxError("The sandbox was closed while it was starting.")
-            self.session = BashSession(
-                _ContainerHost(self),
-                self.config.workdir,
-                env=self.config.env,
-                startup_commands=self.config.startup_commands,
-                output_cap_bytes=self.config.output_cap_bytes,
-                default_timeout=self.config.command_timeout,
-            )
+            self.session = BashSession.for_sandbox(_ContainerHost(self), self.config.workdir, self.config)
             self.session.start()
         except BaseException:
             self.close()

@@ -144,15 +144,7 @@ class LocalSandbox:
         log.warning("local sandbox: commands run on this host without any isolation")
         cleanup.track(self)
         try:
-            env = {**self.config.env, "CWM_WORKDIR": self.workdir}
-            self.session = BashSession(
-                _LocalHost(),
-                self.workdir,
-                env=env,
-                startup_commands=self.config.startup_commands,
-                output_cap_bytes=self.config.output_cap_bytes,
-                default_timeout=self.config.command_timeout,
-            )
+            self.session = BashSession.for_sandbox(_LocalHost(), self.workdir, self.config, {"CWM_WORKDIR": self.workdir})
             self.session.start()
         except BaseException:
             self.close()

@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cwm_agent.sandbox.base import RunResult, RunStatus, SandboxError
+from cwm_agent.sandbox.base import RunResult, RunStatus, SandboxConfig, SandboxError
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,18 @@ class BashSession:
         self._start_last_pid = 0
 
     # -- life cycle -------------------------------------------------------------------------
+
+    @classmethod
+    def for_sandbox(cls, host: ShellHost, workdir: str, config: SandboxConfig, extra_env: dict[str, str] | None = None) -> "BashSession":
+        """The session a sandbox backend runs, with the settings of its `SandboxConfig`."""
+        return cls(
+            host,
+            workdir,
+            env={**config.env, **(extra_env or {})},
+            startup_commands=config.startup_commands,
+            output_cap_bytes=config.output_cap_bytes,
+            default_timeout=config.command_timeout,
+        )
 
     def start(self) -> None:
         """Start the shell, set it up and run the startup commands (idempotent)."""
