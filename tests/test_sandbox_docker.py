@@ -180,6 +180,21 @@ HOLDER_ASYNC = textwrap.dedent(
 )
 
 
+# Many rollouts at once: a signal must remove all their containers, side by side.
+HOLDER_MANY = textwrap.dedent(
+    """
+    import asyncio, sys
+    from cwm_agent.sandbox import SandboxConfig, make_sandbox
+    async def main():
+        boxes = [make_sandbox(SandboxConfig(run_id=sys.argv[1])) for _ in range(8)]
+        await asyncio.gather(*(asyncio.to_thread(sb.start) for sb in boxes))
+        print("ready", flush=True)
+        await asyncio.gather(*(asyncio.to_thread(sb.run, "sleep 60") for sb in boxes))
+    asyncio.run(main())
+    """
+)
+
+
 def start_holder(run_id: str, script: str = HOLDER) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", script, run_id], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -188,13 +203,15 @@ def start_holder(run_id: str, script: str = HOLDER) -> subprocess.Popen:
 
 @pytest.mark.parametrize(
     "sig, code, script",
-    [(signal.SIGTERM, 143, HOLDER), (signal.SIGINT, -signal.SIGINT, HOLDER), (signal.SIGTERM, 143, HOLDER_ASYNC)],
-    ids=["sigterm", "sigint", "sigterm-asyncio-threads"],
+    [(signal.SIGTERM, 143, HOLDER), (signal.SIGINT, -signal.SIGINT, HOLDER), (signal.SIGTERM, 143, HOLDER_ASYNC),
+     (signal.SIGTERM, 143, HOLDER_MANY)],
+    ids=["sigterm", "sigint", "sigterm-asyncio-threads", "sigterm-eight-sandboxes"],
 )
 def test_signals_remove_the_container(docker_client, sig, code, script):
     run_id = uuid.uuid4().hex[:12]
     proc = start_holder(run_id, script)
-    assert len(containers_of(docker_client, run_id)) == 1
+    expected = 8 if script is HOLDER_MANY else 1
+    assert len(containers_of(docker_client, run_id)) == expected
     proc.send_signal(sig)
     assert proc.wait(timeout=30) == code
     assert containers_of(docker_client, run_id) == []

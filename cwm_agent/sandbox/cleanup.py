@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from cwm_agent.sandbox.base import OWNER_PID_LABEL, PROJECT_LABEL, RUN_ID_LABEL, SandboxError
@@ -72,11 +73,22 @@ def close_all() -> None:
     """Close every live sandbox of this process (never raises)."""
     with _lock:
         live = list(_live.values())
-    for sandbox in live:
+    if not live:
+        return
+
+    def close(sandbox) -> None:
         try:
             sandbox.close()
         except Exception as exc:  # cleanup must go on for the others
             log.warning("closing %r failed: %s", sandbox, exc)
+
+    # Each removal waits on the engine (~0.3 s): side by side, 64 rollouts stop in about a second.
+    try:
+        with ThreadPoolExecutor(max_workers=min(16, len(live)), thread_name_prefix="cwm-cleanup") as pool:
+            list(pool.map(close, live))
+    except RuntimeError:  # at interpreter exit (atexit) no new threads may start: one by one
+        for sandbox in live:
+            close(sandbox)
 
 
 def install_handlers() -> None:
