@@ -48,8 +48,8 @@ def test_failing_startup_command_is_an_error():
 
 
 def test_sigterm_while_the_main_thread_registers_a_sandbox_still_cleans_up():
-    # The handler runs in the main thread, possibly while it holds the registry's lock
-    # (a sandbox starting or closing): it must close the sandboxes and exit, not deadlock.
+    # The handler runs in the main thread, possibly in the middle of registering a sandbox
+    # (here: inside track()): it must close the sandboxes and exit, not deadlock.
     import subprocess
     import sys
     import textwrap
@@ -62,10 +62,12 @@ def test_sigterm_while_the_main_thread_registers_a_sandbox_still_cleans_up():
         sb = make_sandbox(SandboxConfig(backend="local"))
         sb.start()
         print(sb.workdir, flush=True)
-        with cleanup._lock:
-            os.kill(os.getpid(), signal.SIGTERM)
-            for _ in range(100):
-                pass
+        real_track = cleanup.track
+        def track(sandbox):
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered here, between registry operations
+            real_track(sandbox)
+        cleanup.track = track
+        make_sandbox(SandboxConfig(backend="local")).start()
         """
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)

@@ -32,7 +32,8 @@ class _Closable(Protocol):
 
 
 _live: dict[int, _Closable] = {}
-_lock = threading.RLock()  # re-entrant: the signal handler runs in the main thread, maybe inside `with _lock`
+# No lock: a single dict store, pop or copy is atomic under the GIL, and a lock would deadlock
+# when the signal handler (main thread) interrupts a holder and then waits on closing threads.
 _installed = False
 _atexit_registered = False
 
@@ -59,20 +60,17 @@ def owner_labels() -> dict[str, str]:
 
 def track(sandbox: _Closable) -> None:
     """Close `sandbox` when this process exits or gets SIGINT/SIGTERM (until `untrack`)."""
-    with _lock:
-        _live[id(sandbox)] = sandbox
+    _live[id(sandbox)] = sandbox
     install_handlers()
 
 
 def untrack(sandbox: _Closable) -> None:
-    with _lock:
-        _live.pop(id(sandbox), None)
+    _live.pop(id(sandbox), None)
 
 
 def close_all() -> None:
     """Close every live sandbox of this process (never raises)."""
-    with _lock:
-        live = list(_live.values())
+    live = list(_live.copy().values())
     if not live:
         return
 
