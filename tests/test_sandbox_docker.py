@@ -48,6 +48,15 @@ def test_network_none_has_no_network(sandbox):
     assert "connected" not in r.output and r.exit_code != 0 and r.elapsed < 2
 
 
+def test_network_host_is_an_explicit_opt_in_that_shares_the_hosts_interfaces(docker_client):
+    """Only looks at the interfaces: no traffic is sent anywhere."""
+    run_id = uuid.uuid4().hex[:12]
+    with make_sandbox(SandboxConfig(run_id=run_id, network="host"), client=docker_client) as sb:
+        inside = sorted(sb.run("ls /sys/class/net").output.split())
+    assert inside == sorted(os.listdir("/sys/class/net"))  # the host's, not the lone lo of network none
+    assert containers_of(docker_client, run_id) == []
+
+
 def test_write_then_read_files(sandbox):
     sandbox.write_file("/testbed/hello.py", b"print('hi')\n\xff", mode=0o755)
     assert sandbox.read_file("/testbed/hello.py") == b"print('hi')\n\xff"

@@ -132,6 +132,30 @@ def test_a_log_without_test_markers_is_unresolved_as_officially_not_an_error(loc
     _no_containers_left()
 
 
+HANG_TESTS = """\
+diff --git a/conftest.py b/conftest.py
+new file mode 100644
+--- /dev/null
++++ b/conftest.py
+@@ -0,0 +1,3 @@
++import time
++
++time.sleep(600)
+"""
+
+
+def test_tests_running_past_the_timeout_are_an_error_with_the_log_kept(local_images, tmp_path):
+    inst = _by_id(local_images)[SIX]
+    preds = [Prediction(instance_id=SIX, model_name_or_path="t", model_patch=inst.patch + HANG_TESTS)]
+    summary, (result,) = evaluate_predictions([inst], preds, tmp_path, options=EvalOptions(timeout=3))
+    assert result.outcome == "error" and "timed out after 3 seconds" in result.error
+    assert 3 <= result.test_run_s < 30
+    log = (tmp_path / SIX / "test_output.txt").read_text()
+    assert ">>>>> Start Test Output" in log and "Timeout error: 3 seconds exceeded." in log
+    assert summary["error_ids"] == [SIX]
+    _no_containers_left()
+
+
 def test_fuzzy_patch_falls_back_to_patch_and_reruns_are_skipped(local_images, tmp_path):
     inst = _by_id(local_images)[SIX]
     # A context line that differs from the file: git apply refuses, `patch --fuzz` applies it.
