@@ -12,7 +12,7 @@ err = Console(stderr=True)
 out = Console()
 
 swebench_app = typer.Typer(
-    name="swebench", help="SWE-bench: evaluate patches like the official harness; local instances.", no_args_is_help=True
+    name="swebench", help="SWE-bench: run the agent over a dataset, evaluate patches like the official harness; local instances.", no_args_is_help=True
 )
 
 
