@@ -8,6 +8,7 @@ event loop (and the model) never waits on Docker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import platform
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import AsyncIterator
 
 from cwm_agent import __version__
 from cwm_agent.agent.config import RunConfig
@@ -88,6 +90,21 @@ def _prepare_repo(sandbox: Sandbox, task: Task, checkout: tuple[Path, str] | Non
     return base
 
 
+@contextlib.asynccontextmanager
+async def _host_checkout(task: Task) -> AsyncIterator[tuple[Path, str] | None]:
+    """A clean host clone of `task.repo_source` at its base commit and that commit's sha, removed
+    on exit; None when the image already has the repository."""
+    if task.repo_source is None:
+        yield None
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="cwm-repo-"))
+    try:
+        sha = await asyncio.to_thread(checkout_copy, task.repo_source, task.base_commit, scratch / "repo")
+        yield scratch / "repo", sha
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 async def run_task(
     task: Task,
     config: RunConfig,
@@ -100,24 +117,21 @@ async def run_task(
     A `task.repo_source` that cannot be checked out raises `RepoError` before anything else
     happens (no container, no trajectory file): it is the caller's mistake to report.
     """
-    run_id = run_id or uuid.uuid4().hex[:12]
     started = time.monotonic()
-    scratch: Path | None = None
-    checkout: tuple[Path, str] | None = None
-    if task.repo_source is not None:
-        scratch = Path(tempfile.mkdtemp(prefix="cwm-repo-"))
-        try:
-            sha = await asyncio.to_thread(checkout_copy, task.repo_source, task.base_commit, scratch / "repo")
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
-        checkout = (scratch / "repo", sha)
-    try:
-        writer = TrajectoryWriter(trajectory_path)
-    except BaseException:  # an unwritable output path: the caller reports it; the clone must not stay behind
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-        raise
+    async with _host_checkout(task) as checkout:
+        return await _run_episode(task, config, model, trajectory_path, run_id or uuid.uuid4().hex[:12], checkout, started)
+
+
+async def _run_episode(
+    task: Task,
+    config: RunConfig,
+    model: ModelClient,
+    trajectory_path: Path,
+    run_id: str,
+    checkout: tuple[Path, str] | None,
+    started: float,
+) -> RunOutcome:
+    writer = TrajectoryWriter(trajectory_path)
     sandbox = _sandbox_for(task, config, run_id)
     base_commit = ""
     status, detail, submission, diff = ExitStatus.SANDBOX_ERROR, "", None, ""
@@ -149,8 +163,6 @@ async def run_task(
         )
         await asyncio.to_thread(sandbox.start)
         base_commit = await asyncio.to_thread(_prepare_repo, sandbox, task, checkout)
-        if scratch is not None:  # copied in: not needed during the episode
-            await asyncio.to_thread(shutil.rmtree, scratch, True)
         tools = ToolContext(
             sandbox=sandbox,
             repo_dir=sandbox.workdir,
@@ -191,8 +203,6 @@ async def run_task(
         # Off the event loop (other rollouts keep talking to the model), and shielded so that
         # a second cancellation cannot leave the container behind.
         await asyncio.shield(asyncio.to_thread(sandbox.close))
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
     return RunOutcome(
         task_id=task.task_id,
         status=status,
