@@ -8,6 +8,7 @@ that loads, the container gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -357,11 +359,10 @@ def check_interrupted(proc: subprocess.Popen, path: Path, docker_client, sig: in
     return trajectory
 
 
-@pytest.mark.docker
-@pytest.mark.timeout(90)
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupt_while_waiting_for_the_model(tmp_path, repo, docker_client, sig):
-    """The model server is a separate process, slow on the second reply; the user presses Ctrl-C."""
+@contextlib.contextmanager
+def slow_second_reply_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A scripted model server in a process of its own: the first reply at once, the second after
+    60 s (the run is then waiting for it). Yields its URL and the process; stopped on exit."""
     script = tmp_path / "replies.json"
     script.write_text(json.dumps([
         call("bash", "echo first turn", "Look around."),
@@ -372,21 +373,32 @@ def test_interrupt_while_waiting_for_the_model(tmp_path, repo, docker_client, si
         [sys.executable, "-m", "cwm_agent.model.scripted_server", "--replies", str(script), "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    try:
+        assert "scripted model server at" in server.stdout.readline()
+        yield f"http://127.0.0.1:{port}/v1", server
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_while_waiting_for_the_model(tmp_path, repo, docker_client, sig):
+    """The model server is a separate process, slow on the second reply; the user presses Ctrl-C."""
     out = tmp_path / "out"
     path = out / "trajectory.jsonl"
     proc = None
-    try:
-        assert "scripted model server at" in server.stdout.readline()
-        proc = start_solve(repo, f"http://127.0.0.1:{port}/v1", out)
-        wait_for(lambda: path.exists() and '"type":"turn"' in path.read_text(), proc, "the first turn")
-        time.sleep(0.5)  # now waiting for the slow second reply
-        assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}"), "no container while running?"
-        trajectory = check_interrupted(proc, path, docker_client, sig, turns=1)
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=10)
+    with slow_second_reply_server(tmp_path) as (url, _):
+        try:
+            proc = start_solve(repo, url, out)
+            wait_for(lambda: path.exists() and '"type":"turn"' in path.read_text(), proc, "the first turn")
+            time.sleep(0.5)  # now waiting for the slow second reply
+            assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}"), "no container while running?"
+            trajectory = check_interrupted(proc, path, docker_client, sig, turns=1)
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
     assert "first turn" in trajectory.turns[0].observation.content
 
 
@@ -412,37 +424,25 @@ def test_interrupt_while_a_command_runs(tmp_path, repo, docker_client):
 @pytest.mark.timeout(90)
 def test_model_server_killed_mid_run_reports_model_error(tmp_path, repo, docker_client):
     """The server process dies (SIGKILL) while the agent waits for a reply: a clear status, exit 1."""
-    script = tmp_path / "replies.json"
-    script.write_text(json.dumps([
-        call("bash", "echo first turn", "Look around."),
-        {"text": call("bash", "echo never", "Slow."), "latency": 60},
-    ]))  # fmt: skip
     config = tmp_path / "fast-retries.yaml"
     config.write_text(yaml.safe_dump({"model": {"max_retries": 2, "retry_initial_delay": 0.1, "retry_max_delay": 0.2}}))
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "cwm_agent.model.scripted_server", "--replies", str(script), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
     out = tmp_path / "out"
     path = out / "trajectory.jsonl"
     proc = None
-    try:
-        assert "scripted model server at" in server.stdout.readline()
-        proc = subprocess.Popen(
-            [*cli(), "solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", f"http://127.0.0.1:{port}/v1",
-             "--config", str(config), "-o", str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        wait_for(lambda: path.exists() and '"type":"turn"' in path.read_text(), proc, "the first turn")
-        time.sleep(0.5)
-        server.kill()
-        stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        server.kill()
-        server.wait(timeout=10)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
+    with slow_second_reply_server(tmp_path) as (url, server):
+        try:
+            proc = subprocess.Popen(
+                [*cli(), "solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", url,
+                 "--config", str(config), "-o", str(out)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            wait_for(lambda: path.exists() and '"type":"turn"' in path.read_text(), proc, "the first turn")
+            time.sleep(0.5)
+            server.kill()
+            stdout, stderr = proc.communicate(timeout=30)
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
     assert proc.returncode == 1, stdout + stderr
     assert "Traceback" not in stderr
     assert "model_error" in stdout and "not reachable" in stdout
