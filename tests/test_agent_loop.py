@@ -129,11 +129,15 @@ def budgets(trajectory: Trajectory) -> list[tuple[int, int]]:
 # -- every way the loop ends ---------------------------------------------------------------------
 
 
+# The edit that fixes the bug: the upper branch returns `high`.
+FIX_EDIT = call("edit", "mathy.py\n<<<<<<< SEARCH\n    if value > high:\n        return value\n=======\n"
+                "    if value > high:\n        return high\n>>>>>>> REPLACE")  # fmt: skip
+
+
 def test_submitted_then_summary_ends_with_the_patch(tmp_path, repo, docker_client):
     replies = [
         call("bash", "grep -n 'return value' mathy.py"),
-        call("edit", "mathy.py\n<<<<<<< SEARCH\n    if value > high:\n        return value\n=======\n"
-             "    if value > high:\n        return high\n>>>>>>> REPLACE"),  # fmt: skip
+        FIX_EDIT,
         call("bash", "git diff > /tmp/fix.patch"),
         call("submit", "/tmp/fix.patch"),
         final(),
@@ -371,8 +375,7 @@ def test_container_lost_after_the_submission_keeps_the_patch(tmp_path, repo, doc
     """The harness's diff fails (the container is gone), but the accepted patch and the ending stand."""
     run_id = f"test-{uuid.uuid4().hex[:8]}"
     replies = [
-        call("edit", "mathy.py\n<<<<<<< SEARCH\n    if value > high:\n        return value\n=======\n"
-             "    if value > high:\n        return high\n>>>>>>> REPLACE"),  # fmt: skip
+        FIX_EDIT,
         call("bash", "git diff > /tmp/fix.patch"),
         call("submit", "/tmp/fix.patch"),
     ]
@@ -479,8 +482,7 @@ def test_prompts_only_grow_and_the_trajectory_rebuilds_the_last_one(tmp_path, re
         call("bash", "cat mathy.py"),
         "No closing tag here, a format error.",
         call("edit", "mathy.py\n<<<<<<< SEARCH\n    if value >= high:\n=======\n    if value > high:\n>>>>>>> REPLACE"),
-        call("edit", "mathy.py\n<<<<<<< SEARCH\n    if value > high:\n        return value\n=======\n"
-             "    if value > high:\n        return high\n>>>>>>> REPLACE"),  # fmt: skip
+        FIX_EDIT,
         call("bash", "git diff > /tmp/fix.patch"),
         call("submit", "/tmp/fix.patch"),
         final(),
