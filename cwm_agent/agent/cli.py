@@ -98,17 +98,6 @@ async def _solve(task, config, output_dir: Path, run_id: str | None = None):
         return await run_task(task, config, model, output_dir / "trajectory.jsonl", run_id=run_id)
 
 
-def _sweep(run_id: str) -> None:
-    """Remove the run's containers after an interruption. The run closes its sandbox itself; this
-    catches one that was still being created when the signal came (its thread has ended by now)."""
-    from cwm_agent.sandbox.cleanup import prune
-
-    try:
-        prune(run_id=run_id)
-    except Exception:  # best effort: `cwm-agent sandbox prune` remains for what this misses
-        pass
-
-
 def solve(
     repo: str = typer.Option(..., "--repo", help="Repository: a local git checkout or a git URL."),
     issue: str = typer.Option(..., "--issue", help="The issue text, or @FILE to read it from a file."),
@@ -126,6 +115,7 @@ def solve(
     from cwm_agent.agent.task import Task
     from cwm_agent.model.client import ModelError
     from cwm_agent.sandbox.base import SandboxError
+    from cwm_agent.sandbox.cleanup import sweep_run
 
     problem = _read_issue(issue)
     overrides = {
@@ -147,7 +137,7 @@ def solve(
         try:
             outcome = asyncio.run(_solve(task, config, output_dir, run_id))
         except KeyboardInterrupt:
-            _sweep(run_id)
+            sweep_run(run_id)
             err.print(f"interrupted: the container was removed; the partial trajectory is in {output_dir / 'trajectory.jsonl'}")
             raise typer.Exit(143 if terminated else 130) from None
         except (RepoError, SandboxError, ModelError) as exc:

@@ -159,3 +159,16 @@ def prune(run_id: str | None = None, dead_only: bool = False, client: Any = None
             if exc.status_code not in (404, 409):  # 409: someone else is removing it right now
                 raise SandboxError(f"Could not remove container {container.name}: {exc.explanation or exc}") from exc
     return removed
+
+
+def sweep_run(run_id: str) -> None:
+    """After an interruption, remove whatever containers of run `run_id` are left (never raises).
+
+    Each sandbox removes its own container when closed; this is the last word of a command that
+    was interrupted, once its worker threads have ended. An engine that does not answer (maybe
+    the very error being reported) leaves nothing to do here: `cwm-agent sandbox prune` remains.
+    """
+    try:
+        prune(run_id=run_id)
+    except Exception:  # noqa: BLE001 - best effort, on the way out
+        pass

@@ -38,20 +38,6 @@ def progress_line(p) -> Text:
     )
 
 
-def _remove_leftovers(run_id: str) -> None:
-    """After an interruption, remove any container of this run still there.
-
-    Each episode removes its own container when cancelled, but one interrupted while its
-    container was being created can miss it (the removal runs before the creation returns);
-    by now every worker thread has finished, so a sweep by run id catches it."""
-    from cwm_agent.sandbox.cleanup import prune
-
-    try:
-        prune(run_id=run_id)
-    except Exception:  # no engine (the error being reported may be that): nothing we could remove
-        pass
-
-
 def run_command(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset: .jsonl/.json/.parquet file, or a Hugging Face id."),
     output: Path = typer.Option(..., "--output", "-o", help="Run directory (trajectories/, preds.jsonl, results.jsonl)."),
@@ -74,6 +60,7 @@ def run_command(
     from cwm_agent.benchmarks.swebench.dataset import DatasetError, load_instances
     from cwm_agent.model.client import ModelError
     from cwm_agent.sandbox.base import SandboxError
+    from cwm_agent.sandbox.cleanup import sweep_run
 
     try:
         config = load_config(config_file, {"model": {"url": model_url} if model_url else {}})
@@ -118,7 +105,7 @@ def run_command(
         try:
             progress = asyncio.run(batch())
         except BaseException:
-            _remove_leftovers(run_id)
+            sweep_run(run_id)
             raise
     except (KeyboardInterrupt, asyncio.CancelledError) as exc:
         if live is not None:
