@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import signal
 import time
 import uuid
 from pathlib import Path
@@ -22,24 +20,6 @@ out = Console(soft_wrap=True)
 def _fail(message: str) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}", highlight=False)
     return typer.Exit(2)
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """Within the block, SIGTERM (`kill`, a scheduler) takes Ctrl-C's path: the run stops, the
-    container is removed and the trajectory ends with `interrupted`, instead of the process
-    dying on the spot. Yields a list that gets the signal when one came (exit 143, not 130)."""
-    received: list[int] = []
-
-    def handler(signum: int, frame: object) -> None:
-        received.append(signum)
-        signal.raise_signal(signal.SIGINT)  # asyncio.run's SIGINT handler cancels the run cleanly
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield received
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _read_issue(issue: str) -> str:
@@ -115,7 +95,7 @@ def solve(
     from cwm_agent.agent.task import Task
     from cwm_agent.model.client import ModelError
     from cwm_agent.sandbox.base import SandboxError
-    from cwm_agent.sandbox.cleanup import sweep_run
+    from cwm_agent.sandbox.cleanup import sigterm_as_interrupt, sweep_run
 
     problem = _read_issue(issue)
     overrides = {
@@ -133,7 +113,7 @@ def solve(
         raise _fail(f"-o {output_dir} is a file; pass a directory.")
     task = Task(task_id=output_dir.name, problem_statement=problem, image=image, repo_source=repo, base_commit=commit)
     run_id = uuid.uuid4().hex[:12]
-    with _sigterm_interrupts() as terminated:
+    with sigterm_as_interrupt() as terminated:
         try:
             outcome = asyncio.run(_solve(task, config, output_dir, run_id))
         except KeyboardInterrupt:

@@ -7,13 +7,14 @@ run id, owner pid and the owner's start time) so `prune` can find them afterward
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from cwm_agent.sandbox.base import OWNER_PID_LABEL, PROJECT_LABEL, RUN_ID_LABEL, SandboxError
 
@@ -172,3 +173,22 @@ def sweep_run(run_id: str) -> None:
         prune(run_id=run_id)
     except Exception:  # noqa: BLE001 - best effort, on the way out
         pass
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[list[int]]:
+    """Within the block (around `asyncio.run`), SIGTERM (`kill`, a scheduler's time limit) takes
+    Ctrl-C's path: the run is cancelled, sandboxes close and records end as interrupted, instead of
+    the process dying on the spot. Yields a list that gets the signal when one came (so the caller
+    can exit 143, not 130)."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signum)
+        signal.raise_signal(signal.SIGINT)  # asyncio.run's SIGINT handler cancels the run cleanly
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import uuid
 from pathlib import Path
 from typing import List, Optional
@@ -60,7 +59,7 @@ def run_command(
     from cwm_agent.benchmarks.swebench.dataset import DatasetError, load_instances
     from cwm_agent.model.client import ModelError
     from cwm_agent.sandbox.base import SandboxError
-    from cwm_agent.sandbox.cleanup import sweep_run
+    from cwm_agent.sandbox.cleanup import sigterm_as_interrupt, sweep_run
 
     try:
         config = load_config(config_file, {"model": {"url": model_url} if model_url else {}})
@@ -87,35 +86,30 @@ def run_command(
 
     run_id = uuid.uuid4().hex[:12]
 
-    async def batch():
-        # SIGTERM (a scheduler's time limit, `timeout`, `kill`) stops like Ctrl-C: the default
-        # action would end the process at once and leave the running containers behind.
-        loop, task = asyncio.get_running_loop(), asyncio.current_task()
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
-        try:
-            return await run_batch(
-                instances, config, output, workers, rerun_errors, registry_prefix, allow_pull, on_update=update, run_id=run_id
-            )
-        finally:
-            loop.remove_signal_handler(signal.SIGTERM)
-
+    terminated: list[int] = []
     try:
         if live is not None:
             live.start()
         try:
-            progress = asyncio.run(batch())
+            with sigterm_as_interrupt() as terminated:
+                progress = asyncio.run(
+                    run_batch(
+                        instances, config, output, workers, rerun_errors, registry_prefix, allow_pull,
+                        on_update=update, run_id=run_id,
+                    )
+                )  # fmt: skip
         except BaseException:
             sweep_run(run_id)
             raise
-    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+    except KeyboardInterrupt:
         if live is not None:
             live.stop()
-        how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
+        how = "terminated" if terminated else "interrupted"
         err.print(
             f"{how}: containers removed; finished instances are kept in {output} (run again to resume).",
             highlight=False, soft_wrap=True,
         )  # fmt: skip
-        raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 143) from None
+        raise typer.Exit(143 if terminated else 130) from None
     except (ModelError, SandboxError) as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:  # the run directory cannot be written (a bad path, permissions, a full disk)
