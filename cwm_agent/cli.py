@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from cwm_agent import __version__
+from cwm_agent.console import user_error
 from cwm_agent.sandbox.base import SandboxError
 
 app = typer.Typer(
@@ -17,7 +17,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True)
 
 
 @app.callback()
@@ -44,8 +43,7 @@ def setup(
     try:
         built = ensure_base_image(name, suite, BuildOptions(trust_host_ca=trust_host_ca, ca_bundle=ca_bundle), rebuild)
     except SandboxError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise user_error(str(exc)) from None
     typer.echo(f"{name}: {'built' if built else 'already present'}")
 
 

@@ -12,14 +12,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from cwm_agent.console import err, user_error as _fail
+
 # soft_wrap: long lines (errors, paths, commands to copy) are never broken by inserted newlines.
-err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(2)
 
 
 def _read_issue(issue: str) -> str:

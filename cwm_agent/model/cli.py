@@ -8,6 +8,8 @@ from typing import NoReturn, Optional
 
 import typer
 
+from cwm_agent.console import user_error
+
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to the top-level app."""
@@ -60,5 +62,4 @@ def serve(
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+    raise user_error(message, code)

@@ -8,17 +8,13 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-err = Console(stderr=True)
+from cwm_agent.console import err, user_error as _fail
+
 out = Console()
 
 swebench_app = typer.Typer(
     name="swebench", help="SWE-bench: run the agent over a dataset, evaluate patches like the official harness; local instances.", no_args_is_help=True
 )
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
 
 
 def _ids(values: Optional[List[str]]) -> list[str] | None:

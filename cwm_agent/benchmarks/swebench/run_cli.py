@@ -8,16 +8,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-err = Console(stderr=True)
+from cwm_agent.console import err, user_error as _fail
 
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
 
 
 def _clock(seconds: float | None) -> str:
