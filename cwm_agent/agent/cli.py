@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cwm_agent.console import err, user_error as _fail
 
@@ -41,12 +42,12 @@ def print_summary(outcome, output_dir: Path) -> None:
     from cwm_agent.agent.trajectory import ExitStatus
 
     colour = "green" if outcome.patch else ("yellow" if outcome.status == ExitStatus.SUBMITTED else "red")
-    out.print(f"[bold]status[/bold]      [{colour}]{outcome.status.value}[/{colour}] {outcome.detail}", highlight=False)
+    out.print(f"[bold]status[/bold]      [{colour}]{outcome.status.value}[/{colour}] {escape(outcome.detail)}", highlight=False)
     out.print(f"[bold]turns[/bold]       {outcome.turns}")
     out.print(f"[bold]tokens[/bold]      {outcome.context_tokens} in context, {outcome.completion_tokens} generated")
     out.print(f"[bold]time[/bold]        {outcome.elapsed:.1f} s")
     changed = files_changed(outcome.patch or "") or files_changed(outcome.final_diff)
-    out.print(f"[bold]files[/bold]       {', '.join(changed) if changed else '(none)'}")
+    out.print(f"[bold]files[/bold]       {escape(', '.join(changed)) if changed else '(none)'}")
     if outcome.patch:
         out.print(f"[bold]patch[/bold]       {output_dir / 'patch.diff'}")
     else:
@@ -155,7 +156,7 @@ def demo(
         out.print("preparing the demo image (first time: a few seconds) ...")
         instance = demo_instance(build_demo_image())
         out.print(REPLAY_BANNER)
-        out.print(f"[bold]task[/bold]        {instance.instance_id}: {instance.problem_statement.splitlines()[0]}")
+        out.print(f"[bold]task[/bold]        {instance.instance_id}: {escape(instance.problem_statement.splitlines()[0])}")
         with ScriptedServer(replies=demo_replies(), model="cwm-replay (scripted, not CWM)") as server:
             config = load_config(None, {"model": {"url": server.url}})
             task = instance_task(instance, demo_image())
@@ -170,7 +171,7 @@ def demo(
     except (SandboxError, ModelError) as exc:
         raise _fail(str(exc)) from None
     colour = "green" if result.outcome == "resolved" else "red"
-    out.print(f"[bold]evaluation[/bold]  [{colour}]{result.outcome}[/{colour}] {result.error} (log: {output_dir / 'eval' / instance.instance_id})")
+    out.print(f"[bold]evaluation[/bold]  [{colour}]{result.outcome}[/{colour}] {escape(result.error)} (log: {output_dir / 'eval' / instance.instance_id})")
     raise typer.Exit(0 if result.outcome == "resolved" else 1)
 
 

@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cwm_agent.console import err, user_error as _fail
 
@@ -74,7 +75,7 @@ def eval_command(
         nonlocal done
         done += 1
         colour = {"resolved": "green", "unresolved": "yellow", "empty_patch": "yellow"}.get(result.outcome, "red")
-        detail = f"  {result.error.splitlines()[0][:160]}" if result.error else ""
+        detail = f"  {escape(result.error.splitlines()[0][:160])}" if result.error else ""
         err.print(f"[{done}/{len(preds)}] {result.instance_id}: [{colour}]{result.outcome}[/{colour}] ({result.total_s:.1f} s){detail}", highlight=False, soft_wrap=True)
 
     try:
