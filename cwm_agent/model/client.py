@@ -6,6 +6,8 @@ every rollout that uses it. Two clients mean two independent limits.
 
 The client never re-templates: `complete` sends the prompt text as given, so a caller that builds
 each prompt as the previous prompt + reply + new messages gets vLLM's prefix cache on every turn.
+`complete_ids` sends the prompt as token ids and returns the reply's ids as generated, so a caller
+can keep the context as ids the way CWM's RL environment does (nothing re-tokenized across turns).
 
 A client belongs to the event loop that first uses it; used from a new loop (a second
 `asyncio.run`), it opens a fresh connection pool and semaphore there.
@@ -19,7 +21,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -89,7 +92,9 @@ class ModelConfig(BaseModel):
     max_concurrency: int = Field(64, ge=1)
     """Generation requests in flight at once, across all rollouts sharing this client."""
     tokenizer: str | None = None
-    """Local Hugging Face tokenizer (path or id) for token counts; needs `transformers`. None: the server's /tokenize."""
+    """Local tokenizer for `tokenize`/`count_tokens`: a tiktoken BPE file (Llama 3's tokenizer.model, read as
+    CWM's tokenizer; needs `tiktoken`), `cwm` to find that file (see `model.tokenizer.load_tokenizer`), or a
+    Hugging Face tokenizer path or id (needs `transformers`). None: the server's /tokenize."""
 
 
 class SamplingParams(BaseModel):
@@ -145,6 +150,36 @@ class Completion(BaseModel):
     attempts: int = 1
     usage: dict[str, Any] = Field(default_factory=dict)
     """The server's usage object as it came."""
+    token_ids: list[int] | None = None
+    """The reply's token ids exactly as sampled, when the server returns them (vLLM >= 0.10.2 with
+    `return_token_ids`, which `complete_ids` asks for; None otherwise). vLLM returns every sampled id: a
+    reply ended by a stop id (<|eot_id|> and the other `stop_token_ids`, or EOS) ENDS WITH that id although
+    `text` leaves it out; a reply cut by max_tokens ("length") has no stop id; a reply ended by a stop
+    *string* has the ids through the token that completed the string (`text` is cut there, the ids are not)."""
+
+
+# How a server returns the reply's ids: vLLM >= 0.10.2 puts `token_ids` on each choice when asked with
+# `return_token_ids`; older vLLM gives them only as logprob tokens spelled "token_id:N".
+_IDS_FIELDS = {"return_token_ids": True}
+_IDS_BY_LOGPROBS = {"return_token_ids": True, "logprobs": 0, "return_tokens_as_token_ids": True}
+BOS_ID = 128000
+
+
+def _choice_token_ids(choice: dict[str, Any]) -> list[int] | None:
+    """The reply ids of a completions choice, from `token_ids` or from "token_id:N" logprob tokens."""
+    ids = choice.get("token_ids")
+    if ids is None:
+        logprobs = choice.get("logprobs")
+        tokens = logprobs.get("tokens") if isinstance(logprobs, dict) else None
+        if not isinstance(tokens, list) or not all(isinstance(t, str) and t.startswith("token_id:") for t in tokens):
+            return None
+        try:
+            ids = [int(t[len("token_id:") :]) for t in tokens]
+        except ValueError:
+            raise _BadReply("a logprob token that is not token_id:N") from None
+    if not isinstance(ids, list) or not all(_int_or_none(t) is not None for t in ids):
+        raise _BadReply("a choice whose token_ids are not a list of ids")
+    return ids
 
 
 class _BadReply(ValueError):
@@ -224,6 +259,7 @@ class ModelClient:
         self._model_lock: asyncio.Lock | None = None
         self._tokenizer_lock = threading.Lock()
         self._tokenizer: Any = None
+        self._ids_fields: dict[str, Any] | None = None  # set by supports_token_ids
 
     async def __aenter__(self) -> ModelClient:
         return self
@@ -255,6 +291,67 @@ class ModelClient:
         """Like `complete`, returning all `sampling.n` choices (usage is the whole request's)."""
         return await self._generate("completions", {"prompt": prompt}, sampling or SamplingParams(), prompt_tokens)
 
+    async def complete_ids(
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams | None = None,
+        *,
+        prompt_tokens: int | None = None,
+        rollout: str | None = None,
+    ) -> Completion:
+        """Generate one reply to a prompt given as token ids (sent as they are: no BOS added, nothing
+        re-tokenized) and return it with `Completion.token_ids`, the reply's ids as sampled (see there
+        for where the stop id is). The next prompt of the dialogue is then prompt_ids + token_ids + the
+        new messages' ids (`CWMTokenizer.encode_pieces`).
+
+        `prompt_tokens` defaults to len(prompt_ids). `rollout` names the dialogue in the request's
+        OpenAI `user` field (vLLM ignores it; the scripted server checks each rollout's prompts extend
+        its previous prompt + reply). Needs a server that takes id prompts: see `supports_token_ids`.
+        """
+        ids = list(prompt_ids)
+        if not ids or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+            raise ValueError("prompt_ids must be a non-empty list of token ids")
+        payload: dict[str, Any] = {"prompt": ids, **(self._ids_fields or _IDS_FIELDS)}
+        if rollout is not None:
+            payload["user"] = rollout
+        sampling = _single(sampling)
+        count = len(ids) if prompt_tokens is None else prompt_tokens
+        return (await self._generate("completions", payload, sampling, count))[0]
+
+    async def supports_token_ids(self) -> bool:
+        """Whether the server takes a prompt as token ids AND returns the reply's ids (one request: a
+        one-token reply to <|begin_of_text|>). Remembers how the ids came (vLLM >= 0.10.2's `token_ids`,
+        or older vLLM's "token_id:N" logprobs) so `complete_ids` asks for them that way. A server that
+        refuses the request answers False; one that cannot be reached raises ModelUnavailableError.
+        """
+        body = {
+            "model": await self._model_id(),
+            "prompt": [BOS_ID],
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "add_special_tokens": False,
+            **_IDS_BY_LOGPROBS,
+        }
+
+        def parse(data: dict[str, Any]) -> str | None:
+            choices = data.get("choices")
+            if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+                raise _BadReply("a reply without choices")
+            if isinstance(choices[0].get("token_ids"), list):
+                return "token_ids"
+            return "logprobs" if _choice_token_ids(choices[0]) is not None else None
+
+        try:
+            how, _, _ = await self._call("POST", f"{self.url}/completions", body, parse, "token-id probe", limited=True)
+        except ModelUnavailableError:
+            raise
+        except ModelError:
+            return False
+        if how is None:
+            return False
+        self._ids_fields = _IDS_FIELDS if how == "token_ids" else _IDS_BY_LOGPROBS
+        return True
+
     async def chat(
         self, messages: list[dict[str, Any]], sampling: SamplingParams | None = None, *, prompt_tokens: int | None = None
     ) -> Completion:
@@ -266,6 +363,10 @@ class ModelClient:
         """Token ids of `text` with no special tokens added (local tokenizer if configured, else /tokenize)."""
         if self.config.tokenizer:
             tokenizer = await self._local_tokenizer()
+            from cwm_agent.model.tokenizer import CWMTokenizer
+
+            if isinstance(tokenizer, CWMTokenizer):
+                return await asyncio.to_thread(tokenizer.encode, text)
             return await asyncio.to_thread(lambda: list(tokenizer.encode(text, add_special_tokens=False)))
         body = {"model": await self._model_id(), "prompt": text, "add_special_tokens": False}
 
@@ -372,7 +473,7 @@ class ModelClient:
             # The rendered prompt already starts with <|begin_of_text|>; vLLM would add a second one.
             body.setdefault("add_special_tokens", False)
 
-        def parse(data: dict[str, Any]) -> list[tuple[str, str | None, Any]]:
+        def parse(data: dict[str, Any]) -> list[tuple[str, str | None, Any, list[int] | None]]:
             choices = data.get("choices")
             if not isinstance(choices, list) or not choices:
                 raise _BadReply("a reply without choices")
@@ -387,7 +488,8 @@ class ModelClient:
                     text = choice.get("text")
                 if text is not None and not isinstance(text, str):
                     raise _BadReply("a choice whose text is not a string")
-                out.append((text or "", choice.get("finish_reason"), choice.get("stop_reason")))
+                ids = None if chat else _choice_token_ids(choice)
+                out.append((text or "", choice.get("finish_reason"), choice.get("stop_reason"), ids))
             return out
 
         try:
@@ -414,8 +516,9 @@ class ModelClient:
                 latency=latency,
                 attempts=attempts,
                 usage=usage,
+                token_ids=ids,
             )
-            for text, finish, stop in choices
+            for text, finish, stop, ids in choices
         ]
 
     async def _call_with_usage(self, endpoint: str, body: dict[str, Any], parse: Callable[[dict[str, Any]], T]):
@@ -495,6 +598,12 @@ class ModelClient:
         return data
 
     async def _local_tokenizer(self) -> Any:
+        name = self.config.tokenizer
+        if self._tokenizer is None and name is not None and (name == "cwm" or Path(name).expanduser().is_file()):
+            # A file is a tiktoken BPE file (a Hugging Face tokenizer is a folder or a hub id).
+            from cwm_agent.model.tokenizer import load_tokenizer
+
+            self._tokenizer = await asyncio.to_thread(load_tokenizer, None if name == "cwm" else name)
         if self._tokenizer is None:
             try:
                 from transformers import AutoTokenizer

@@ -4,8 +4,18 @@ It serves real HTTP on 127.0.0.1: GET /v1/models, GET /health, POST /v1/completi
 POST /v1/chat/completions, POST /tokenize and POST /detokenize. Replies come from a script (in
 order) or a policy function. Every request is recorded; faults (latency, HTTP errors, dropped
 connections, truncated replies) can be scripted or injected; token counts come from a simple
-deterministic tokenizer, and `usage.prompt_tokens_details.cached_tokens` is what vLLM's prefix
-cache would hit: the longest token prefix shared with an earlier prompt + reply.
+deterministic tokenizer (`ScriptTokenizer`, the default) or, with `tokenizer=load_tokenizer()`, CWM's
+real BPE; `usage.prompt_tokens_details.cached_tokens` is what vLLM's prefix cache would hit: the
+longest token prefix shared with an earlier prompt + reply.
+
+Token ids, as vLLM >= 0.10.2 does them: a completions `prompt` may be a list of ids (used as they are,
+no BOS added), and `"return_token_ids": true` puts `prompt_token_ids` and `token_ids` (the reply's ids,
+ending with the stop id: <|eot_id|> for a reply that ended by itself or on the "<|eot_id|>" stop string)
+on each choice. `ids_api` plays older or other servers. Every id prompt is checked against its
+rollout: it must extend the previous id request's prompt + one of its replies' `token_ids`. A rollout
+is named by the request's OpenAI `user` field (`ModelClient.complete_ids(rollout=...)`); requests
+without one form one rollout. A prompt that does not extend is recorded in `prefix_violations`, and
+answered HTTP 400 when `reject_prefix_violations` is set.
 
 Run standalone: `python -m cwm_agent.model.scripted_server --replies FILE --port N` (FILE: a JSON
 or YAML list of replies, each a string or a mapping as `parse_entry` accepts).
@@ -41,6 +51,7 @@ SPECIAL_IDS = {
 # A special token, a word, or any single other character (whitespace included): simple and
 # deterministic, and like a real tokenizer it can split differently across a concatenation point.
 _PIECE_RE = re.compile(r"<\|[A-Za-z0-9_:. -]{1,64}\|>|\w+|.", re.DOTALL)
+_SPECIAL_SPLIT_RE = re.compile(r"(<\|[A-Za-z0-9_]+\|>)")
 VLLM_DEFAULT_MAX_TOKENS = 16
 
 FaultKind = Literal["status", "drop", "truncate", "malformed", "latency"]
@@ -153,6 +164,34 @@ class RecordedRequest:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
+    prompt_ids: list[int] | None = None
+    """The prompt as token ids (as sent, or as this server tokenized the text)."""
+    reply_ids: list[int] | None = None
+    """The first choice's ids as `return_token_ids` gives them (the stop id included)."""
+
+
+@dataclass
+class PrefixViolation:
+    """An id prompt that does not extend its rollout's previous prompt + reply ids."""
+
+    rollout: str
+    request: int
+    """Position of the offending request in `requests`."""
+    at: int
+    """Index of the first id that differs from the closest previous context (its length if the prompt is shorter)."""
+    expected: list[int]
+    """Up to 8 ids of that context from `at` on."""
+    got: list[int]
+    """Up to 8 ids of the prompt from `at` on."""
+
+    def describe(self) -> str:
+        return (
+            f"rollout {self.rollout!r}: the prompt does not extend the previous prompt + reply at id {self.at} "
+            f"(expected {self.expected}, got {self.got})"
+        )
+
+
+IdsApi = Literal["return_token_ids", "logprobs", "none", "no_id_prompts"]
 
 
 class ScriptTokenizer:
@@ -221,7 +260,8 @@ class ScriptedServer:
 
     `block_size` rounds cached token counts down like vLLM's KV blocks (1: exact). `latency` is
     added to every generation request. `fallback` answers once the script is used up (default: HTTP
-    500 saying so, so a test notices).
+    500 saying so, so a test notices). `tokenizer`: None for `ScriptTokenizer`, or a `CWMTokenizer`
+    (`cwm_agent.model.tokenizer.load_tokenizer()`) to count and return real CWM token ids.
     """
 
     def __init__(
@@ -236,6 +276,8 @@ class ScriptedServer:
         latency: float = 0.0,
         block_size: int = 16,
         fallback: str | None = None,
+        tokenizer: Any = None,
+        reject_prefix_violations: bool = False,
     ):
         self.script = [parse_entry(e) for e in replies or []]
         self.policy = policy
@@ -247,7 +289,14 @@ class ScriptedServer:
         self.report_usage = True
         """False: replies carry no `usage` (as some OpenAI-compatible servers do)."""
         self.fallback = fallback
-        self.tokenizer = ScriptTokenizer()
+        self.tokenizer = tokenizer if tokenizer is not None else ScriptTokenizer()
+        self.ids_api: IdsApi = "return_token_ids"
+        """How token ids come back: return_token_ids (vLLM >= 0.10.2), logprobs (older vLLM: only as
+        "token_id:N" logprob tokens when asked with logprobs + return_tokens_as_token_ids), none (id
+        prompts taken, no ids returned), no_id_prompts (an id prompt is answered HTTP 400)."""
+        self.reject_prefix_violations = reject_prefix_violations
+        self.prefix_violations: list[PrefixViolation] = []
+        self._rollouts: dict[str, list[list[int]]] = {}  # rollout -> prompt + reply ids of its last request
         self._requests: list[RecordedRequest] = []
         self._contexts: list[list[int]] = []  # prompt + reply ids of each answered request
         self._faults: list[tuple[Fault, str]] = []
@@ -379,6 +428,47 @@ class ScriptedServer:
         best = min(best, len(prompt_ids) - 1)
         return max(0, best - best % self.block_size)
 
+    def _encode_text(self, text: str) -> list[int]:
+        """A text prompt as vLLM tokenizes it: special-token strings are special tokens."""
+        if isinstance(self.tokenizer, ScriptTokenizer):
+            return self.tokenizer.encode(text)
+        out: list[int] = []
+        for i, part in enumerate(_SPECIAL_SPLIT_RE.split(text)):
+            if i % 2:
+                try:
+                    out.append(self.tokenizer.special_id(part))
+                    continue
+                except KeyError:
+                    pass
+            out += self.tokenizer.encode(part) if part else []
+        return out
+
+    def _stop_ids(self, stop: str | None) -> list[int]:
+        """The ids a model emits to end its reply on `stop` (None: by itself, i.e. <|eot_id|>)."""
+        stop = stop or "<|eot_id|>"
+        if isinstance(self.tokenizer, ScriptTokenizer):
+            return self.tokenizer.encode(stop)
+        try:
+            return [self.tokenizer.special_id(stop)]
+        except KeyError:
+            return self.tokenizer.encode(stop)
+
+    def _check_prefix(self, rollout: str, prompt_ids: list[int], record: RecordedRequest) -> None:
+        with self._lock:
+            contexts = self._rollouts.get(rollout)
+            position = next((i for i, r in enumerate(self._requests) if r is record), len(self._requests))
+        if not contexts:
+            return
+        shared = [(_common_prefix(prompt_ids, c), c) for c in contexts]
+        at, context = max(shared, key=lambda pair: pair[0])
+        if at == len(context):
+            return
+        violation = PrefixViolation(rollout, position, at, context[at : at + 8], prompt_ids[at : at + 8])
+        with self._lock:
+            self.prefix_violations.append(violation)
+        if self.reject_prefix_violations:
+            raise _NoReply(400, f"scripted server: {violation.describe()}")
+
     def _generate(self, endpoint: str, body: dict[str, Any], record: RecordedRequest) -> dict[str, Any]:
         chat = endpoint == "/v1/chat/completions"
         requested = body.get("model")
@@ -395,18 +485,36 @@ class ScriptedServer:
                 for m in messages
                 if isinstance(m, dict)
             )
-        else:
+        given_ids: list[int] | None = None
+        if not chat:
             prompt = body.get("prompt")
-            if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-                prompt = self.tokenizer.decode(prompt)
+            if isinstance(prompt, list) and prompt and all(isinstance(t, int) and t >= 0 for t in prompt):
+                if self.ids_api == "no_id_prompts":
+                    raise _NoReply(400, "`prompt` must be a string")
+                given_ids = list(prompt)
+                prompt = self.tokenizer.decode(given_ids)
             if not isinstance(prompt, str):
                 raise _NoReply(400, "`prompt` must be a string or a list of token ids")
         record.prompt = prompt
-        prompt_ids = self.tokenizer.encode(prompt)
-        if not chat and body.get("add_special_tokens", True):
-            # Like vLLM: a completions prompt gets BOS unless the client says not to.
-            prompt_ids = [SPECIAL_IDS["<|begin_of_text|>"], *prompt_ids]
+        if given_ids is not None:
+            prompt_ids = given_ids  # used as given: vLLM adds no BOS to an id prompt
+        else:
+            prompt_ids = self._encode_text(prompt)
+            if not chat and body.get("add_special_tokens", True):
+                # Like vLLM: a completions text prompt gets BOS unless the client says not to.
+                prompt_ids = [SPECIAL_IDS["<|begin_of_text|>"], *prompt_ids]
         record.prompt_tokens = len(prompt_ids)
+        record.prompt_ids = prompt_ids
+        rollout = str(body.get("user") or "")
+        if given_ids is not None:
+            self._check_prefix(rollout, prompt_ids, record)
+        if self.ids_api == "return_token_ids":
+            want_ids = not chat and bool(body.get("return_token_ids"))
+        else:
+            as_ids = body.get("logprobs") is not None and bool(body.get("return_tokens_as_token_ids"))
+            want_ids = not chat and self.ids_api == "logprobs" and as_ids
+        # Id requests count and cache the stop id like vLLM; text requests keep the text-only counts.
+        by_ids = want_ids or given_ids is not None
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             raise _NoReply(400, "max_tokens must be a positive integer")
@@ -434,7 +542,7 @@ class ScriptedServer:
             stops = [stops]
         keep_stop = bool(body.get("include_stop_str_in_output", False))
 
-        choices, reply_ids_all, texts = [], [], []
+        choices, reply_ids_all, full_ids_all, texts = [], [], [], []
         for choice_index in range(n):
             with self._lock:
                 index = self._generation_index
@@ -451,13 +559,18 @@ class ScriptedServer:
             text, finish, stop_reason = entry.text, entry.finish_reason, None
             cut = min(((text.find(s), s) for s in stops if s and s in text), default=None)
             if cut is not None:
-                text = text[: cut[0] + (len(cut[1]) if keep_stop else 0)]
+                text = text[: cut[0]]
                 finish, stop_reason = "stop", cut[1]
-            pieces = self.tokenizer.pieces(text)
-            if len(pieces) > max_tokens:
-                text, finish, stop_reason = "".join(pieces[:max_tokens]), "length", None
             reply_ids = self.tokenizer.encode(text)
+            if len(reply_ids) > max_tokens:
+                reply_ids = reply_ids[:max_tokens]
+                text, finish, stop_reason = self.tokenizer.decode(reply_ids), "length", None
+            full_ids = reply_ids + (self._stop_ids(stop_reason) if finish == "stop" else [])
+            if keep_stop and stop_reason is not None:
+                text += stop_reason
+                reply_ids = self.tokenizer.encode(text)
             reply_ids_all.append(reply_ids)
+            full_ids_all.append(full_ids)
             texts.append(text)
             choice: dict[str, Any] = {
                 "index": choice_index, "logprobs": None, "finish_reason": finish, "stop_reason": stop_reason
@@ -466,14 +579,27 @@ class ScriptedServer:
                 choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
             else:
                 choice.update(text=text, prompt_logprobs=None)
+            if want_ids and self.ids_api == "return_token_ids":
+                choice.update(prompt_token_ids=prompt_ids, token_ids=full_ids)
+            elif want_ids:
+                choice["logprobs"] = {
+                    "text_offset": [0] * len(full_ids),
+                    "token_logprobs": [0.0] * len(full_ids),
+                    "tokens": [f"token_id:{t}" for t in full_ids],
+                    "top_logprobs": [{} for _ in full_ids],
+                }
             choices.append(choice)
 
+        counted = full_ids_all if by_ids else reply_ids_all
         cached = self._cached(prompt_ids)
         with self._lock:
-            for reply_ids in reply_ids_all:
-                self._contexts.append(prompt_ids + reply_ids)
-        completion_tokens = sum(len(r) for r in reply_ids_all)
+            for ids in counted:
+                self._contexts.append(prompt_ids + ids)
+            if given_ids is not None:
+                self._rollouts[rollout] = [prompt_ids + ids for ids in full_ids_all]
+        completion_tokens = sum(len(r) for r in counted)
         record.reply = texts[0]
+        record.reply_ids = full_ids_all[0]
         record.finish_reason = choices[0]["finish_reason"]
         record.cached_tokens = cached
         usage = {
@@ -675,15 +801,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-model-len", type=int, default=131072)
     parser.add_argument("--fallback", help="reply with this text once the script is used up (default: HTTP 500)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every generation request")
+    parser.add_argument(
+        "--tokenizer", help="Llama 3's tiktoken file, or `cwm` to find it: CWM's real token ids (default: a simple one)"
+    )
     args = parser.parse_args(argv)
     try:
         script = load_script(args.replies) if args.replies else []
     except (OSError, ValueError) as exc:
         print(f"error: cannot read the replies: {exc}", file=sys.stderr)
         return 2
+    tokenizer = None
+    if args.tokenizer:
+        from cwm_agent.model.tokenizer import TokenizerNotFoundError, load_tokenizer
+
+        try:
+            tokenizer = load_tokenizer(None if args.tokenizer == "cwm" else args.tokenizer)
+        except TokenizerNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     server = ScriptedServer(
-        script, host=args.host, port=args.port, model=args.model, max_model_len=args.max_model_len,
-        latency=args.latency, fallback=args.fallback,
+        script,
+        host=args.host,
+        port=args.port,
+        model=args.model,
+        max_model_len=args.max_model_len,
+        latency=args.latency,
+        fallback=args.fallback,
+        tokenizer=tokenizer,
     )
     try:
         server.start()

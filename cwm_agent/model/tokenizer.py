@@ -190,7 +190,9 @@ def find_bpe_file(path: str | os.PathLike[str] | None = None) -> Path:
     for candidate in (_in_llama_models(), cache_path()):
         if candidate is not None and candidate.is_file():
             return candidate
-    raise TokenizerNotFoundError(f"Llama 3's tokenizer.model was not found (llama_models, {cache_path()}); {INSTALL_HINT}")
+    raise TokenizerNotFoundError(
+        f"Llama 3's tokenizer.model is not in llama_models nor at {cache_path()}; {INSTALL_HINT}"
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -216,10 +218,8 @@ def fetch(dest: Path | None = None) -> Path:
     if dest.is_file() and hashlib.sha256(dest.read_bytes()).hexdigest() == LLAMA3_BPE_SHA256:
         return dest
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", tmp, "llama-models"],
-            check=True,
-        )
+        pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", tmp]
+        subprocess.run([*pip, "llama-models"], check=True)
         wheels = sorted(Path(tmp).glob("llama_models-*.whl"))
         if not wheels:
             raise TokenizerNotFoundError("pip download llama-models gave no wheel")
@@ -227,7 +227,9 @@ def fetch(dest: Path | None = None) -> Path:
             data = wheel.read(BPE_FILE_IN_WHEEL)
     digest = hashlib.sha256(data).hexdigest()
     if digest != LLAMA3_BPE_SHA256:
-        raise TokenizerNotFoundError(f"{BPE_FILE_IN_WHEEL} in the llama-models wheel has SHA-256 {digest}, not Llama 3's")
+        raise TokenizerNotFoundError(
+            f"{BPE_FILE_IN_WHEEL} of the llama-models wheel has SHA-256 {digest}, not Llama 3's"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_suffix(".partial")
     partial.write_bytes(data)
