@@ -2,8 +2,8 @@
 # Set up a machine that has (at most) Docker's client: install and start the engine, install
 # cwm-agent, build the base sandbox image. Idempotent; needs root for the engine and debootstrap.
 #   bash scripts/setup.sh [--test] [--trust-host-ca]
-#     --test           also install the test dependencies (pytest, hypothesis) and build the local
-#                      SWE-bench instance images the tests use
+#     --test           also install the test dependencies (pytest, hypothesis, tiktoken), fetch Llama 3's
+#                      tokenizer.model (CWM's BPE) and build the local SWE-bench instance images the tests use
 #     --trust-host-ca  image builds trust this host's CA bundle (TLS-inspecting proxies)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +41,8 @@ python3 -m pip install -q -e ".[$extras]"
 
 cwm-agent setup $ca_flag
 if [ "$extras" = "swebench,test" ]; then
+  # The token-id tests need CWM's BPE file: taken from the llama-models wheel into ~/.cache/cwm-agent.
+  python3 -m cwm_agent.model.tokenizer fetch
   # The tests evaluate on the local SWE-bench instances: build their images now (seconds when present).
   cwm-agent swebench build-local $ca_flag
 fi
