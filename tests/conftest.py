@@ -10,7 +10,8 @@ from cwm_agent.sandbox.images import BASE_IMAGE
 @pytest.fixture(scope="session")
 def docker_client():
     """A client for the real engine; fails (not skips) when none answers, since CI sets one up."""
-    from cwm_agent.sandbox.images import docker_client as make_client, image_exists
+    from cwm_agent.sandbox.images import docker_client as make_client
+    from cwm_agent.sandbox.images import image_exists
 
     client = make_client()
     if not image_exists(client, BASE_IMAGE):
@@ -27,8 +28,7 @@ def base_image(docker_client) -> str:
 def local_images(docker_client):
     """The local SWE-bench instances, with their images built if missing (`bash scripts/setup.sh --test`
     builds them up front; here it takes well under a second when they exist)."""
-    from cwm_agent.benchmarks.swebench.local.build import build_local_images, local_instances
+    from cwm_agent.swebench.local.build import build_local_images, local_instances
 
     build_local_images()
     return local_instances()
-

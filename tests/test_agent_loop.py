@@ -73,7 +73,9 @@ def repo(tmp_path: Path) -> Path:
 
 
 def containers_of(docker_client, run_id: str) -> list:
-    return docker_client.containers.list(all=True, sparse=True, filters={"label": [f"{PROJECT_LABEL}=cwm-agent", f"{RUN_ID_LABEL}={run_id}"]})
+    return docker_client.containers.list(
+        all=True, sparse=True, filters={"label": [f"{PROJECT_LABEL}=cwm-agent", f"{RUN_ID_LABEL}={run_id}"]}
+    )
 
 
 def episode(
@@ -151,7 +153,9 @@ def test_submitted_then_summary_ends_with_the_patch(tmp_path, repo, docker_clien
     # The harness's own diff: the fix, not the patch file (which is outside the repo anyway).
     assert "+        return high" in outcome.final_diff and "fix.patch" not in outcome.final_diff
     assert [t.action.tool if t.action else None for t in trajectory.turns] == ["bash", "edit", "bash", "submit", None]
-    assert trajectory.turns[0].observation.content.startswith("<output>\n6:        return value\n7:    return value\n</output>")
+    assert trajectory.turns[0].observation.content.startswith(
+        "<output>\n6:        return value\n7:    return value\n</output>"
+    )
     assert trajectory.turns[-1].observation is None and trajectory.turns[-1].thinking.startswith("The submission")
     assert all(t.tokens.prompt > 0 and t.tokens.completion > 0 for t in trajectory.turns)
     assert trajectory.header.system_prompt.startswith("You are a helpful")
@@ -171,7 +175,14 @@ def test_chat_api_sends_the_dialogue_as_cwm_role_messages(tmp_path, repo, docker
     assert outcome.status is ExitStatus.SUBMITTED and outcome.patch
     assert {r.endpoint for r in requests} == {"/v1/chat/completions"}
     last = requests[-1].body["messages"]
-    assert [m["role"] for m in last] == ["system", "user"] + ["assistant", "tool: bash", "assistant", "tool: bash", "assistant", "tool: submit"]
+    assert [m["role"] for m in last] == ["system", "user"] + [
+        "assistant",
+        "tool: bash",
+        "assistant",
+        "tool: bash",
+        "assistant",
+        "tool: submit",
+    ]
     assert last[2]["content"] == "<think>\n" + replies[0]
     assert last[-1]["content"].startswith("<output>\n") and "<submission>" in last[-1]["content"]
     # The trajectory is the same shape whichever endpoint was used; the exact text exists only for completions.
@@ -471,7 +482,9 @@ def test_a_limit_below_the_cut_marks_own_size_ends_instead_of_looping():
     assert asyncio.run(go()) == ("[...]", 5)  # the scripted tokenizer: "[", ".", ".", ".", "]"
 
 
-@pytest.mark.parametrize("key", ["max_turns", "context_size", "observation_max_tokens", "issue_max_tokens", "max_format_errors"])
+@pytest.mark.parametrize(
+    "key", ["max_turns", "context_size", "observation_max_tokens", "issue_max_tokens", "max_format_errors"]
+)
 def test_limits_must_be_positive(key):
     with pytest.raises(ConfigError, match=f"agent.{key}"):
         load_config(None, {"agent": {key: 0}})

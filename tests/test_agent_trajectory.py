@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 
 from cwm_agent.agent.trajectory import (
-    Action, ExitStatus, Header, Result, TokenCounts, Trajectory, TrajectoryWriter, initial_prompt, rebuild_prompt,
+    Action,
+    ExitStatus,
+    Header,
+    Result,
+    TokenCounts,
+    Trajectory,
+    TrajectoryWriter,
+    initial_prompt,
+    rebuild_prompt,
 )  # fmt: skip
 from cwm_agent.prompts.render import Message, render_continuation, render_prompt
 
@@ -63,7 +71,11 @@ def test_a_file_without_header_is_not_a_trajectory(tmp_path):
 
 def test_messages_and_rebuild_give_the_prompts_the_model_saw(tmp_path):
     path = tmp_path / "t.jsonl"
-    replies = ["one\n</think>\n<tool: bash>\nls\n</tool>", "two\n</think>\n<tool: bash>\nls\n</tool>", "done\n</think>\nbye"]
+    replies = [
+        "one\n</think>\n<tool: bash>\nls\n</tool>",
+        "two\n</think>\n<tool: bash>\nls\n</tool>",
+        "done\n</think>\nbye",
+    ]
     write(path, header(), turn(1, replies[0], "a"), turn(2, replies[1], "b  \n"), turn(3, replies[2], None))
     loaded = Trajectory.load(path)
     # The prompts as the loop builds them: only ever appended to.

@@ -25,7 +25,9 @@ def test_the_readme_example_is_a_valid_config(tmp_path):
 
 
 def test_printed_defaults_load_back_unchanged(tmp_path):
-    printed = subprocess.run([sys.executable, "-m", "cwm_agent.cli", "config"], capture_output=True, text=True, check=True).stdout
+    printed = subprocess.run(
+        [sys.executable, "-m", "cwm_agent.cli", "config"], capture_output=True, text=True, check=True
+    ).stdout
     path = tmp_path / "defaults.yaml"
     path.write_text(printed)
     assert load_config(path) == RunConfig()

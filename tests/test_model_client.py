@@ -37,7 +37,9 @@ def fast_config(url: str, **overrides) -> ModelConfig:
 
 def test_complete_sends_the_prompt_as_is_with_cwm_sampling_and_reads_usage():
     prompt = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nfix the bug<|eot_id|>"
-    with ScriptedServer(["<think>\nlook\n</think>\n<tool: bash>\nls\n</tool><|eot_id|>ignored"], block_size=1) as server:
+    with ScriptedServer(
+        ["<think>\nlook\n</think>\n<tool: bash>\nls\n</tool><|eot_id|>ignored"], block_size=1
+    ) as server:
 
         async def go():
             async with ModelClient(fast_config(server.url)) as client:
@@ -121,7 +123,12 @@ def test_retry_total_seconds_bounds_the_time_spent_retrying():
     with ScriptedServer([]) as server:
         server.inject_faults([Fault.http(500)] * 1000)
         config = fast_config(
-            server.url, model="cwm-scripted", max_retries=1000, retry_total_seconds=0.5, retry_initial_delay=0.1, retry_max_delay=0.2
+            server.url,
+            model="cwm-scripted",
+            max_retries=1000,
+            retry_total_seconds=0.5,
+            retry_initial_delay=0.1,
+            retry_max_delay=0.2,
         )
         started = time.monotonic()
         with pytest.raises(ModelUnavailableError):

@@ -64,7 +64,9 @@ def test_re_rendering_a_reply_breaks_prefix_reuse_and_the_cache():
             first = await client.complete(prompt)
             # A history rebuilt without the thinking: the server's cache stops at the old prompt.
             action = first.text.split("</think>\n", 1)[1]
-            second = await client.complete(prompt + render_continuation(action, [Message(role="user", content="go on")]))
+            second = await client.complete(
+                prompt + render_continuation(action, [Message(role="user", content="go on")])
+            )
             return first, second
 
         first, second = asyncio.run(go())

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cwm_agent.prompts.parse import (
+    TOOL_CALL_RE,
     EmptyToolBody,
     FormatError,
     MalformedToolCall,
@@ -13,7 +15,6 @@ from cwm_agent.prompts.parse import (
     MultipleThinkEnd,
     MultipleToolCalls,
     NoToolCall,
-    TOOL_CALL_RE,
     ToolCall,
     UnexpectedThinkStart,
     UnknownTool,
@@ -95,9 +96,31 @@ def test_unknown_tool_only_when_the_allowed_list_is_given():
 # ---- property-based: no input crashes the parser; valid calls round-trip ------------------
 
 FRAGMENTS = [
-    "<tool: ", "<tool:", "</tool>", "<tool: bash>", "</think>", "<think>", "<think>\n", ">", "<",
-    "\n", "\n\n", " ", "\t", "bash", "submit", "edit", "my_tool", "ls -la", "<<<<<<< SEARCH",
-    "=======", ">>>>>>> REPLACE", "<|eot_id|>", "é", "\r\n", "\x00",
+    "<tool: ",
+    "<tool:",
+    "</tool>",
+    "<tool: bash>",
+    "</think>",
+    "<think>",
+    "<think>\n",
+    ">",
+    "<",
+    "\n",
+    "\n\n",
+    " ",
+    "\t",
+    "bash",
+    "submit",
+    "edit",
+    "my_tool",
+    "ls -la",
+    "<<<<<<< SEARCH",
+    "=======",
+    ">>>>>>> REPLACE",
+    "<|eot_id|>",
+    "é",
+    "\r\n",
+    "\x00",
 ]
 fragment_text = st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=5), max_size=25).map("".join)
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from cwm_agent.prompts import templates as T
 from cwm_agent.prompts.render import (
     BOS,
     EOT,
+    SPECIAL_TOKENS,
     Message,
     Piece,
-    SPECIAL_TOKENS,
     continuation_pieces,
     find_special_tokens,
     generation_prompt,
@@ -148,7 +149,13 @@ _text = st.lists(
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.tuples(_text, st.lists(st.tuples(st.sampled_from(["user", "tool: bash", "system"]), _text), min_size=1, max_size=3)), min_size=1, max_size=4),
+    st.lists(
+        st.tuples(
+            _text, st.lists(st.tuples(st.sampled_from(["user", "tool: bash", "system"]), _text), min_size=1, max_size=3)
+        ),
+        min_size=1,
+        max_size=4,
+    ),
     st.booleans(),
 )
 def test_prefix_property_holds_for_any_replies_and_messages(turns, reasoning):

@@ -65,7 +65,12 @@ def test_issue_prompt_wraps_the_issue_and_keeps_its_braces():
     text = T.issue_prompt(issue)
     assert f"<issue_description>\n{issue}\n</issue_description>" in text
     assert "/testbed" in text and "git diff" in text and "<tool: submit>" in text
-    for heading in ("Issue Summary", "Investigation and Reproduction", "Solution and Code Changes", "Testing and Verification"):
+    for heading in (
+        "Issue Summary",
+        "Investigation and Reproduction",
+        "Solution and Code Changes",
+        "Testing and Verification",
+    ):
         assert f"\n## {heading}\n" in text
     assert T.issue_prompt("x", repo_root="/src").count("/src") == 1
 
@@ -73,9 +78,17 @@ def test_issue_prompt_wraps_the_issue_and_keeps_its_braces():
 def test_test_generation_prompt_asks_for_a_standalone_script_with_three_verdicts():
     text = T.test_generation_prompt("Bug {here}")
     assert "<issue_description>\nBug {here}\n</issue_description>" in text
-    for needle in ("test_issue.py", "python test_issue.py", "pytest", "unittest",
-                   '"Issue reproduced"', '"Issue resolved"', '"Other issues"',
-                   "<tool: submit>\ntest_issue.py\n</tool>", "/testbed"):
+    for needle in (
+        "test_issue.py",
+        "python test_issue.py",
+        "pytest",
+        "unittest",
+        '"Issue reproduced"',
+        '"Issue resolved"',
+        '"Other issues"',
+        "<tool: submit>\ntest_issue.py\n</tool>",
+        "/testbed",
+    ):
         assert needle in text
     # The f-string in the code example is not a placeholder.
     assert '{value}"' in text
@@ -90,7 +103,7 @@ def test_observation_budget_submission_and_format_error_shapes():
     fb = T.submission_feedback(patch)
     assert f"\n\n<submission>\n{patch}\n</submission>\n\n" in fb
     assert "final submission" in fb
-    assert f"<submission>\nprint(1)\n</submission>" in T.test_submission_feedback("print(1)")
+    assert "<submission>\nprint(1)\n</submission>" in T.test_submission_feedback("print(1)")
     assert T.format_error("EmptyToolBody", "put input") == "EmptyToolBody: put input"
 
 
@@ -112,6 +125,16 @@ def test_truncation_marks_the_cut():
 def test_every_template_file_ships_with_the_package():
     from importlib import resources
 
-    names = sorted(p.name for p in (resources.files("cwm_agent.prompts") / "templates").iterdir() if p.name.endswith(".txt"))
-    assert {"preamble.txt", "environment.txt", "issue.txt", "test_generation.txt", "budget.txt",
-            "submission_patch.txt", "tool_bash.txt", "tool_rules.txt"} <= set(names)
+    names = sorted(
+        p.name for p in (resources.files("cwm_agent.prompts") / "templates").iterdir() if p.name.endswith(".txt")
+    )
+    assert {
+        "preamble.txt",
+        "environment.txt",
+        "issue.txt",
+        "test_generation.txt",
+        "budget.txt",
+        "submission_patch.txt",
+        "tool_bash.txt",
+        "tool_rules.txt",
+    } <= set(names)

@@ -84,7 +84,10 @@ def test_copy_in_and_out(sandbox, tmp_path):
     (src / "pkg" / "mod.py").write_text("x = 1\n")
     (src / "README").write_text("readme\n")
     sandbox.copy_in(src, "/work/repo")
-    assert sandbox.run("cd /work/repo && find . -type f | sort && stat -c %u pkg/mod.py").output == "./README\n./pkg/mod.py\n0\n"
+    assert (
+        sandbox.run("cd /work/repo && find . -type f | sort && stat -c %u pkg/mod.py").output
+        == "./README\n./pkg/mod.py\n0\n"
+    )
     sandbox.copy_in(src / "README", "/work/single")
     assert sandbox.read_file("/work/single/README") == b"readme\n"
     archive = tmp_path / "a.tar"
@@ -212,8 +215,12 @@ def start_holder(run_id: str, script: str = HOLDER) -> subprocess.Popen:
 
 @pytest.mark.parametrize(
     "sig, code, script",
-    [(signal.SIGTERM, 143, HOLDER), (signal.SIGINT, -signal.SIGINT, HOLDER), (signal.SIGTERM, 143, HOLDER_ASYNC),
-     (signal.SIGTERM, 143, HOLDER_MANY)],
+    [
+        (signal.SIGTERM, 143, HOLDER),
+        (signal.SIGINT, -signal.SIGINT, HOLDER),
+        (signal.SIGTERM, 143, HOLDER_ASYNC),
+        (signal.SIGTERM, 143, HOLDER_MANY),
+    ],
     ids=["sigterm", "sigint", "sigterm-asyncio-threads", "sigterm-eight-sandboxes"],
 )
 def test_signals_remove_the_container(docker_client, sig, code, script):
@@ -235,8 +242,19 @@ def test_prune_after_sigkill(docker_client):
     proc.wait(timeout=10)
     (left,) = containers_of(docker_client, run_id)
     out = subprocess.run(
-        [sys.executable, "-c", "from cwm_agent.cli import app; app()", "sandbox", "prune", "--run-id", run_id, "--dead-only"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            "from cwm_agent.cli import app; app()",
+            "sandbox",
+            "prune",
+            "--run-id",
+            run_id,
+            "--dead-only",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0 and f"removed {left.name}" in out.stdout, out.stderr
     assert containers_of(docker_client, run_id) == []

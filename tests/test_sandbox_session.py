@@ -45,7 +45,10 @@ def test_environment_for_non_interactive_use(sandbox):
 
 
 def test_commands_reading_stdin_return_at_once(sandbox):
-    r = sandbox.run("cat; read x; echo read=$? x=$x; python3 -c 'import sys; print(len(sys.stdin.read()))' 2>/dev/null || true", timeout=10)
+    r = sandbox.run(
+        "cat; read x; echo read=$? x=$x; python3 -c 'import sys; print(len(sys.stdin.read()))' 2>/dev/null || true",
+        timeout=10,
+    )
     assert r.status == RunStatus.OK and r.elapsed < 2
     assert "read=1 x=" in r.output
 

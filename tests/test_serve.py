@@ -55,7 +55,9 @@ def fake_vllm(tmp_path: Path) -> Path:
     replies = tmp_path / "replies.yaml"
     replies.write_text("- hello from the stand-in\n- {text: second, finish_reason: length}\n")
     script = bin_dir / "vllm"
-    script.write_text(STAND_IN.format(python=sys.executable, argv_file=str(tmp_path / "argv.json"), replies=str(replies)))
+    script.write_text(
+        STAND_IN.format(python=sys.executable, argv_file=str(tmp_path / "argv.json"), replies=str(replies))
+    )
     script.chmod(0o755)
     return bin_dir
 
@@ -133,7 +135,11 @@ def test_dry_run_prints_the_exact_vllm_command_without_vllm_or_gpu(tmp_path: Pat
 
 def test_missing_vllm_is_a_one_line_error_naming_the_install_command(tmp_path: Path):
     result = subprocess.run(
-        [*CLI, "serve", "--tensor-parallel", "1"], capture_output=True, text=True, env=env_with(str(tmp_path)), timeout=30
+        [*CLI, "serve", "--tensor-parallel", "1"],
+        capture_output=True,
+        text=True,
+        env=env_with(str(tmp_path)),
+        timeout=30,
     )
     assert result.returncode == 2
     assert result.stderr == "error: vllm is not installed (no `vllm` on PATH): pip install 'cwm-agent[gpu]'\n"
@@ -141,7 +147,11 @@ def test_missing_vllm_is_a_one_line_error_naming_the_install_command(tmp_path: P
 
 def test_no_visible_gpu_is_a_clear_error(fake_vllm: Path, tmp_path: Path):
     result = subprocess.run(
-        [*CLI, "serve"], capture_output=True, text=True, env=env_with(str(fake_vllm), CUDA_VISIBLE_DEVICES=""), timeout=30
+        [*CLI, "serve"],
+        capture_output=True,
+        text=True,
+        env=env_with(str(fake_vllm), CUDA_VISIBLE_DEVICES=""),
+        timeout=30,
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: no GPU is visible") and "--tensor-parallel" in result.stderr
@@ -151,7 +161,9 @@ def test_no_visible_gpu_is_a_clear_error(fake_vllm: Path, tmp_path: Path):
 def test_vllm_dying_during_startup_shows_its_last_output(tmp_path: Path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "vllm").write_text("#!/bin/sh\necho 'loading weights'\necho 'torch.OutOfMemoryError: CUDA out of memory' >&2\nexit 1\n")
+    (bin_dir / "vllm").write_text(
+        "#!/bin/sh\necho 'loading weights'\necho 'torch.OutOfMemoryError: CUDA out of memory' >&2\nexit 1\n"
+    )
     (bin_dir / "vllm").chmod(0o755)
     started = time.monotonic()
     result = subprocess.run(

@@ -79,7 +79,9 @@ def call(tool: str, body: str, thinking: str) -> str:
 
 
 def project_containers(docker_client, *labels: str) -> list:
-    return docker_client.containers.list(all=True, sparse=True, filters={"label": [f"{PROJECT_LABEL}=cwm-agent", *labels]})
+    return docker_client.containers.list(
+        all=True, sparse=True, filters={"label": [f"{PROJECT_LABEL}=cwm-agent", *labels]}
+    )
 
 
 def free_port() -> int:
@@ -118,7 +120,11 @@ SOLVING = [
         "A regression test for the upper bound.",
     ),
     call("bash", "python3 " + " ".join(PYTEST) + " tests", "Run the whole suite."),
-    call("bash", "git add -N tests/test_clamp_bounds.py && git diff > /tmp/fix.patch && cat /tmp/fix.patch", "Write the patch."),
+    call(
+        "bash",
+        "git add -N tests/test_clamp_bounds.py && git diff > /tmp/fix.patch && cat /tmp/fix.patch",
+        "Write the patch.",
+    ),
     call("submit", "/tmp/fix.patch", "The patch has the fix and the new test."),
     "The patch was accepted.\n</think>\nFixed clamp: values above `high` now return `high`; added tests/test_clamp_bounds.py.",
 ]
@@ -183,7 +189,17 @@ def test_solve_without_an_accepted_patch_exits_1_and_keeps_the_working_tree_diff
     out = tmp_path / "out"
     with ScriptedServer(replies=replies) as server:
         proc = run_cli(
-            "solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", server.url, "-o", str(out), "--max-turns", "2"
+            "solve",
+            "--repo",
+            str(repo),
+            "--issue",
+            ISSUE,
+            "--model-url",
+            server.url,
+            "-o",
+            str(out),
+            "--max-turns",
+            "2",
         )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "turn_limit" in proc.stdout and "none accepted" in proc.stdout
@@ -198,15 +214,31 @@ def test_solve_with_the_local_backend_works_in_a_temporary_directory(tmp_path, r
     tools and the diff work there, and the directory is gone afterwards."""
     replies = [
         call("bash", "pwd && git ls-files", "Where am I?"),
-        call("edit", "mathy.py\n<<<<<<< SEARCH\n    if value > high:\n        return value\n=======\n"
-             "    if value > high:\n        return high\n>>>>>>> REPLACE", "Fix the upper branch."),  # fmt: skip
+        call(
+            "edit",
+            "mathy.py\n<<<<<<< SEARCH\n    if value > high:\n        return value\n=======\n"
+            "    if value > high:\n        return high\n>>>>>>> REPLACE",
+            "Fix the upper branch.",
+        ),  # fmt: skip
         call("bash", "git diff > fix.patch", "Write the patch."),
         call("submit", "fix.patch", "Submit it."),
         "Done.\n</think>\nFixed clamp.",
     ]
     out = tmp_path / "out"
     with ScriptedServer(replies=replies) as server:
-        proc = run_cli("solve", "--sandbox", "local", "--repo", str(repo), "--issue", ISSUE, "--model-url", server.url, "-o", str(out))
+        proc = run_cli(
+            "solve",
+            "--sandbox",
+            "local",
+            "--repo",
+            str(repo),
+            "--issue",
+            ISSUE,
+            "--model-url",
+            server.url,
+            "-o",
+            str(out),
+        )
         first_prompt = server.generation_requests()[0].prompt
     assert proc.returncode == 0, proc.stdout + proc.stderr
     trajectory = Trajectory.load(out / "trajectory.jsonl")
@@ -313,10 +345,13 @@ def test_solve_max_turns_zero_is_refused_not_ignored(tmp_path, repo, idle_server
 
 
 def test_a_run_without_a_patch_removes_an_earlier_runs_patch_file(tmp_path):
-    from cwm_agent.agent.cli import write_outputs
+    from cwm_agent.cli.solve import write_outputs
+
     from cwm_agent.agent.run import RunOutcome
 
-    earlier = RunOutcome("t", ExitStatus.SUBMITTED, "", "diff --git a/x b/x\n", "d1", 3, 10, 5, 1.0, tmp_path / "t.jsonl")
+    earlier = RunOutcome(
+        "t", ExitStatus.SUBMITTED, "", "diff --git a/x b/x\n", "d1", 3, 10, 5, 1.0, tmp_path / "t.jsonl"
+    )
     write_outputs(earlier, tmp_path)
     assert (tmp_path / "patch.diff").read_text() == "diff --git a/x b/x\n"
     later = RunOutcome("t", ExitStatus.TURN_LIMIT, "", None, "d2", 3, 10, 5, 1.0, tmp_path / "t.jsonl")

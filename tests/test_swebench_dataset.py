@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cwm_agent.benchmarks.swebench.dataset import DatasetError, SWEBenchInstance, load_instances, load_predictions
-from cwm_agent.benchmarks.swebench.images import candidate_images, local_image_name, official_image_name, resolve_image
 from cwm_agent.sandbox.base import ImageNotFoundError
-from cwm_agent.benchmarks.swebench.local import INSTANCES_FILE
-from cwm_agent.benchmarks.swebench.spec import END_TEST_OUTPUT, START_TEST_OUTPUT, SpecError, make_eval_spec
+from cwm_agent.swebench.dataset import DatasetError, SWEBenchInstance, load_instances, load_predictions
+from cwm_agent.swebench.images import candidate_images, local_image_name, official_image_name, resolve_image
+from cwm_agent.swebench.local import INSTANCES_FILE
+from cwm_agent.swebench.spec import END_TEST_OUTPUT, START_TEST_OUTPUT, SpecError, make_eval_spec
 
 VERIFIED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "swebench_verified.jsonl"
 
@@ -63,7 +63,9 @@ def test_unknown_ids_and_bad_inputs_are_clear_errors(tmp_path):
 
 def test_test_lists_accept_lists_or_json_strings_and_formats_agree(tmp_path, verified):
     rows = [json.loads(line) for line in VERIFIED.read_text().splitlines()[:3]]
-    as_lists = [dict(r, FAIL_TO_PASS=json.loads(r["FAIL_TO_PASS"]), PASS_TO_PASS=json.loads(r["PASS_TO_PASS"])) for r in rows]
+    as_lists = [
+        dict(r, FAIL_TO_PASS=json.loads(r["FAIL_TO_PASS"]), PASS_TO_PASS=json.loads(r["PASS_TO_PASS"])) for r in rows
+    ]
     (tmp_path / "d.json").write_text(json.dumps(as_lists))
     from_json = load_instances(tmp_path / "d.json")
     assert [i.model_dump() for i in from_json] == [i.model_dump() for i in verified[:3]]
@@ -75,8 +77,15 @@ def test_test_lists_accept_lists_or_json_strings_and_formats_agree(tmp_path, ver
 
 
 def test_5x_style_rows_keep_their_image_and_script(tmp_path):
-    row = {"instance_id": "x__y-1", "repo": "x/y", "base_commit": "abc", "image": "reg/x:1",
-           "eval_script": "#!/bin/bash\necho hi\n", "log_parser": "pytest", "FAIL_TO_PASS": ["t"]}
+    row = {
+        "instance_id": "x__y-1",
+        "repo": "x/y",
+        "base_commit": "abc",
+        "image": "reg/x:1",
+        "eval_script": "#!/bin/bash\necho hi\n",
+        "log_parser": "pytest",
+        "FAIL_TO_PASS": ["t"],
+    }
     inst = SWEBenchInstance.model_validate(row)
     assert inst.image == "reg/x:1"
     assert candidate_images(inst)[2] == "reg/x:1"
@@ -122,8 +131,10 @@ def test_image_name_and_offline_eval_script_for_every_verified_instance(verified
 def test_predictions_official_format(tmp_path):
     good = tmp_path / "preds.jsonl"
     good.write_text(
-        json.dumps({"instance_id": "a__b-1", "model_name_or_path": "m", "model_patch": "diff"}) + "\n"
-        + json.dumps({"instance_id": "a__b-2", "model_name_or_path": "m", "model_patch": None}) + "\n"
+        json.dumps({"instance_id": "a__b-1", "model_name_or_path": "m", "model_patch": "diff"})
+        + "\n"
+        + json.dumps({"instance_id": "a__b-2", "model_name_or_path": "m", "model_patch": None})
+        + "\n"
     )
     preds = load_predictions(good)
     assert [(p.instance_id, p.model_patch) for p in preds] == [("a__b-1", "diff"), ("a__b-2", None)]
@@ -151,9 +162,14 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     from cwm_agent.cli import app
 
     runner = CliRunner()
-    result = runner.invoke(app, ["swebench", "eval", "-d", str(VERIFIED), "-o", str(tmp_path / "o"), "-p", str(tmp_path / "none.jsonl")])
+    result = runner.invoke(
+        app, ["swebench", "eval", "-d", str(VERIFIED), "-o", str(tmp_path / "o"), "-p", str(tmp_path / "none.jsonl")]
+    )
     assert result.exit_code == 2 and "does not exist" in result.output and "Traceback" not in result.output
-    result = runner.invoke(app, ["swebench", "eval", "-d", str(VERIFIED), "-o", str(tmp_path / "o"), "--gold", "--instance-ids", "nope__x-1"])
+    result = runner.invoke(
+        app,
+        ["swebench", "eval", "-d", str(VERIFIED), "-o", str(tmp_path / "o"), "--gold", "--instance-ids", "nope__x-1"],
+    )
     assert result.exit_code == 2 and "nope__x-1" in result.output
     result = runner.invoke(app, ["swebench", "eval-script", "-d", str(VERIFIED), "django__django-11099"])
     assert result.exit_code == 0 and START_TEST_OUTPUT in result.output
@@ -176,7 +192,7 @@ def test_unreachable_hub_fails_fast_with_advice(monkeypatch, tmp_path):
 
 
 def test_unreadable_dataset_and_predictions_are_clear_errors(tmp_path):
-    from cwm_agent.benchmarks.swebench.dataset import DatasetError, load_instances, load_predictions
+    from cwm_agent.swebench.dataset import DatasetError, load_instances, load_predictions
 
     binary = tmp_path / "data.jsonl"
     binary.write_bytes(b"\xff\xfe\x00garbage")

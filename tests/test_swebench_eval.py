@@ -9,10 +9,10 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
-from cwm_agent.benchmarks.swebench.dataset import Prediction
-from cwm_agent.benchmarks.swebench.evaluate import EvalOptions, _sandbox_config, evaluate_predictions
-from cwm_agent.benchmarks.swebench.local import INSTANCES_FILE
 from cwm_agent.sandbox.base import OWNER_PID_LABEL
+from cwm_agent.swebench.dataset import Prediction
+from cwm_agent.swebench.evaluate import EvalOptions, _sandbox_config, evaluate_predictions
+from cwm_agent.swebench.local import INSTANCES_FILE
 
 pytestmark = pytest.mark.docker
 
@@ -21,12 +21,12 @@ INFLECTION, SIX, MORE = "cwm-local__inflection-1", "cwm-local__six-1", "cwm-loca
 DASHERIZE_BREAK = """\
 @@ -177,7 +177,7 @@ def dasherize(word: str) -> str:
          'puni-puni'
- 
+
      \"\"\"
 -    return word.replace('_', '-')
 +    return word.replace('_', '+')
- 
- 
+
+
  def humanize(word: str) -> str:
 """
 
@@ -56,7 +56,9 @@ def test_gold_patches_resolve_every_local_instance(local_images, tmp_path):
     from cwm_agent.cli import app
 
     out = tmp_path / "gold"
-    result = CliRunner().invoke(app, ["swebench", "eval", "--gold", "-d", str(INSTANCES_FILE), "-o", str(out), "-w", "2"])
+    result = CliRunner().invoke(
+        app, ["swebench", "eval", "--gold", "-d", str(INSTANCES_FILE), "-o", str(out), "-w", "2"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "report.json").read_text())
     ids = sorted(i.instance_id for i in local_images)

@@ -21,9 +21,9 @@ import pytest
 from gold_policy import GoldPolicy
 
 from cwm_agent.agent.trajectory import Trajectory
-from cwm_agent.benchmarks.swebench.local import INSTANCES_FILE
 from cwm_agent.model.scripted_server import ScriptedServer
 from cwm_agent.sandbox.base import OWNER_PID_LABEL, RUN_ID_LABEL
+from cwm_agent.swebench.local import INSTANCES_FILE
 
 pytestmark = pytest.mark.docker
 
@@ -74,7 +74,10 @@ def batch(server: ScriptedServer, out: Path, *extra: str, dataset: Path = INSTAN
 def containers_of(pid: int) -> list[dict]:
     """The containers a run process started (by the owner-pid label every sandbox carries)."""
     ids = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={OWNER_PID_LABEL}={pid}"], capture_output=True, text=True, check=True
+        ["docker", "ps", "-aq", "--filter", f"label={OWNER_PID_LABEL}={pid}"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     if not ids:
         return []
@@ -210,7 +213,9 @@ def test_errors_are_kept_and_rerun_only_on_request(model, local_images, tmp_path
     assert "sweb.eval.x86_64.cwm-local__missing-1" in results["cwm-local__missing-1"]["detail"]
     assert results[SIX]["status"] == results[MORE]["status"] == "submitted"
     preds = {p["instance_id"]: p for p in lines(out / "preds.jsonl")}
-    assert list(preds) == order and preds[INFLECTION]["model_patch"] == preds["cwm-local__missing-1"]["model_patch"] == ""
+    assert (
+        list(preds) == order and preds[INFLECTION]["model_patch"] == preds["cwm-local__missing-1"]["model_patch"] == ""
+    )
 
     # Without --rerun-errors the errors stand: no request, no change.
     policy.fail = set()
@@ -241,7 +246,9 @@ def test_kill_9_mid_batch_then_prune_and_resume_gives_the_same_files(model, refe
     server.latency = 0.25  # slow enough to kill an episode half way
     out = tmp_path / "run"
     seen_before = len(policy.seen)
-    proc = start("run", "--dataset", str(INSTANCES_FILE), "--output", str(out), "--workers", "1", "--model-url", server.url)
+    proc = start(
+        "run", "--dataset", str(INSTANCES_FILE), "--output", str(out), "--workers", "1", "--model-url", server.url
+    )
     # The first instance is finished and the second one's episode has begun (its container runs).
     wait_for(lambda: result_lines(out) >= 1 and SIX in policy.seen[seen_before:], 60, "the second episode", proc)
     proc.send_signal(signal.SIGKILL)
@@ -277,7 +284,9 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(model, reference, tmp_path, 
     server, _ = model
     server.latency = 0.25
     out = tmp_path / "run"
-    proc = start("run", "--dataset", str(INSTANCES_FILE), "--output", str(out), "--workers", "2", "--model-url", server.url)
+    proc = start(
+        "run", "--dataset", str(INSTANCES_FILE), "--output", str(out), "--workers", "2", "--model-url", server.url
+    )
     wait_for(lambda: result_lines(out) >= 1 and containers_of(proc.pid), 60, "a finished instance", proc)
     stopped_at = time.monotonic()
     proc.send_signal(sig)
@@ -330,7 +339,7 @@ def test_bad_inputs_exit_2_with_one_line(model, tmp_path):
     assert a_file.read_text() == "keep me\n"
     assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3"))  # no empty run directory left
     assert generations(server) == asked
-    for pid in _launched[-len(cases):]:
+    for pid in _launched[-len(cases) :]:
         assert containers_of(pid) == []
 
 

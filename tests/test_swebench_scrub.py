@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cwm_agent.benchmarks.swebench.images import scrub_git_history, startup_commands
+from cwm_agent.agent.repo import scrub_git_history
 from cwm_agent.sandbox.base import SandboxConfig, SandboxError
+from cwm_agent.swebench.images import startup_commands
 
 pytestmark = pytest.mark.docker
 
@@ -86,6 +87,8 @@ def test_startup_commands_activate_conda_only_where_present(sandbox):
     assert sandbox.run("pwd").output.strip() == "/testbed"
     assert sandbox.run("echo ${CONDA_DEFAULT_ENV:-none}").output.strip() == "none"
     # An image with conda (like the official ones): the same commands activate its `testbed` env.
-    fake = "mkdir -p /opt/miniconda3/bin && echo 'conda() { export CONDA_DEFAULT_ENV=$2; }' > /opt/miniconda3/bin/activate"
+    fake = (
+        "mkdir -p /opt/miniconda3/bin && echo 'conda() { export CONDA_DEFAULT_ENV=$2; }' > /opt/miniconda3/bin/activate"
+    )
     assert sandbox.run(fake).exit_code == 0
     assert sandbox.run("; ".join(startup_commands()) + "; echo $CONDA_DEFAULT_ENV").output.strip() == "testbed"

@@ -63,7 +63,10 @@ def test_parse_edit_empty_replacement_means_deletion():
     [
         ("a.py\nx = 1", "No SEARCH/REPLACE block"),
         ("a.py", "No SEARCH/REPLACE block"),
-        (edit_body("a.py", "a", "b") + "\n" + "<<<<<<< SEARCH\nc\n=======\nd\n>>>>>>> REPLACE", "Only one SEARCH/REPLACE block"),
+        (
+            edit_body("a.py", "a", "b") + "\n" + "<<<<<<< SEARCH\nc\n=======\nd\n>>>>>>> REPLACE",
+            "Only one SEARCH/REPLACE block",
+        ),
         ("a.py\n<<<<<<< SEARCH\nx\n=======\ny", "no `>>>>>>> REPLACE` line"),
         ("a.py\n<<<<<<< SEARCH\nx\ny\n>>>>>>> REPLACE", "no `=======` line"),
         ("a.py\n<<<<<<< SEARCH\n=======\ny\n>>>>>>> REPLACE", "search part of the block is empty"),
@@ -211,7 +214,9 @@ def test_created_message_counts_lines():
 
 
 def run_result(output: str, status: RunStatus, restarted: bool = False) -> RunResult:
-    return RunResult(output=output, exit_code=0 if status is RunStatus.OK else None, status=status, elapsed=0.5, restarted=restarted)
+    return RunResult(
+        output=output, exit_code=0 if status is RunStatus.OK else None, status=status, elapsed=0.5, restarted=restarted
+    )
 
 
 def test_bash_drops_one_trailing_newline_and_shows_no_exit_code():
@@ -282,7 +287,13 @@ def sh(command: str, cwd: Path) -> str:
 
 
 def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout
 
 
@@ -302,7 +313,13 @@ def test_probe_reports_on_paths(repo: Path):
     os.chmod(repo / "a.py", 0o755)
     os.symlink("a.py", repo / "link.py")
     info = parse_probe(sh(probe_command("a.py"), repo), "a.py")
-    assert (info.path, info.exists, info.is_dir, info.parent_is_dir, info.mode) == (str(repo / "a.py"), True, False, True, 0o755)
+    assert (info.path, info.exists, info.is_dir, info.parent_is_dir, info.mode) == (
+        str(repo / "a.py"),
+        True,
+        False,
+        True,
+        0o755,
+    )
     info = parse_probe(sh(probe_command("sub"), repo), "sub")
     assert info.exists and info.is_dir and info.mode is None
     info = parse_probe(sh(probe_command("nope/new.py"), repo), "nope/new.py")

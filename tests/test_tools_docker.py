@@ -80,7 +80,10 @@ def test_bash_timeout_and_dead_session_are_reported(ctx):
 
 
 def test_edit_through_sandbox_keeps_mode_and_resolves_relative_paths(ctx):
-    bash(ctx, "mkdir -p /tmp/e1/pkg && printf 'import os\\n\\nprint(1)\\nprint(2)\\n' > /tmp/e1/pkg/run.py && chmod 755 /tmp/e1/pkg/run.py")
+    bash(
+        ctx,
+        "mkdir -p /tmp/e1/pkg && printf 'import os\\n\\nprint(1)\\nprint(2)\\n' > /tmp/e1/pkg/run.py && chmod 755 /tmp/e1/pkg/run.py",
+    )
     bash(ctx, "cd /tmp/e1")
     result = run_tool("edit", "pkg/run.py\n<<<<<<< SEARCH\nprint(2)\n=======\nprint(3)\nprint(4)\n>>>>>>> REPLACE", ctx)
     assert result.ok, result.output

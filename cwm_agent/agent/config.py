@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cwm_agent.errors import UserError
 from cwm_agent.model.client import ModelConfig, SamplingParams
 from cwm_agent.sandbox.base import SandboxConfig
 
@@ -52,7 +53,7 @@ class RunConfig(BaseModel):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is wrong; the message names the key and the problem."""
 
 

@@ -16,13 +16,14 @@ import time
 from dataclasses import dataclass, field
 
 from cwm_agent.agent.config import AgentConfig
-from cwm_agent.agent.trajectory import Action, ExitStatus, TokenCounts, Turn, TrajectoryWriter, initial_prompt
+from cwm_agent.agent.trajectory import Action, ExitStatus, TokenCounts, TrajectoryWriter, Turn, initial_prompt
 from cwm_agent.model.client import Completion, ModelClient, ModelError, SamplingParams
 from cwm_agent.prompts.parse import FormatError, parse_reply
 from cwm_agent.prompts.render import THINK_START, Message, defuse_special_tokens, render_continuation
 from cwm_agent.prompts.templates import TRUNCATION_MARK, observation, truncate_left, truncate_right
 from cwm_agent.sandbox.base import SandboxError
 from cwm_agent.tools import ToolContext, ToolResult, run_tool
+
 
 class EpisodeEnd(Exception):
     """Leaves the loop; `status` says why."""
@@ -104,7 +105,9 @@ class Agent:
         )
         try:
             self._wrapper_tokens = await self.model.count_tokens(
-                render_continuation("", [Message(role="tool: bash", content=observation("", 0, 0))], self.config.reasoning)
+                render_continuation(
+                    "", [Message(role="tool: bash", content=observation("", 0, 0))], self.config.reasoning
+                )
             )
             state.tokens_used = await self.model.count_tokens(state.prompt)
             while True:
@@ -181,7 +184,8 @@ class Agent:
             if state.format_errors_in_a_row >= self.config.max_format_errors:
                 self._record(state, turn)
                 raise EpisodeEnd(
-                    ExitStatus.FORMAT_ERRORS, f"{state.format_errors_in_a_row} format errors in a row; last: {turn.format_error}"
+                    ExitStatus.FORMAT_ERRORS,
+                    f"{state.format_errors_in_a_row} format errors in a row; last: {turn.format_error}",
                 ) from None
             self._check_turns(state, turn)
             await self._answer(state, turn, Message(role="user", content=turn.format_error), completion.text)
@@ -230,7 +234,10 @@ class Agent:
         self._record(state, turn)
         state.prompt += continuation
         think = THINK_START if self.config.reasoning else ""
-        state.messages += [{"role": "assistant", "content": think + reply}, {"role": message.role, "content": message.content}]
+        state.messages += [
+            {"role": "assistant", "content": think + reply},
+            {"role": message.role, "content": message.content},
+        ]
         state.tokens_used += added
 
     def _record(self, state: _State, turn: Turn) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import git
 
+from cwm_agent.errors import UserError
 from cwm_agent.sandbox.base import Sandbox, SandboxError
 
 # Untracked files never worth a diff: caches, build metadata, and patch files (the submission itself).
@@ -17,7 +18,7 @@ JUNK_PATTERN = r"(^|/)(__pycache__|\.pytest_cache|\.mypy_cache|\.ruff_cache|\.to
 DIFF_FILE = "/tmp/.cwm-agent-final.diff"
 
 
-class RepoError(ValueError):
+class RepoError(UserError, ValueError):
     """The repository or revision given by the user cannot be used; the message says why."""
 
 
@@ -31,7 +32,9 @@ def checkout_copy(source: str, revision: str | None, dest: Path) -> str:
         try:
             git.Repo(local)
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-            raise RepoError(f"{source} is not a git repository (run `git init && git add -A && git commit` there first)") from None
+            raise RepoError(
+                f"{source} is not a git repository (run `git init && git add -A && git commit` there first)"
+            ) from None
         source = str(local.resolve())
     elif not _looks_like_url(source):
         raise RepoError(f"{source} does not exist: pass a local git checkout or a git URL") from None
@@ -108,3 +111,43 @@ git -c core.quotePath=false diff --cached --binary --no-color {shlex.quote(base_
 
 def _regex_escape(path: str) -> str:
     return "".join("\\" + c if c in r".^$*+?()[]{}|\\" else c for c in path)
+
+
+def scrub_script(base_commit: str, repo_dir: str = "/testbed") -> str:
+    """Bash that drops every commit not reachable from `base_commit`; the working tree is left as it is."""
+    base = shlex.quote(base_commit)
+    return f"""\
+set -e
+cd {shlex.quote(repo_dir)}
+git cat-file -e {base}^{{commit}}
+branch=$(git symbolic-ref --short -q HEAD || echo main)
+case "$branch" in ""|HEAD) branch=main ;; esac
+git update-ref "refs/heads/$branch" {base}
+git symbolic-ref HEAD "refs/heads/$branch"
+git for-each-ref --format='%(refname)' | while read -r ref; do
+  [ "$ref" = "refs/heads/$branch" ] || git update-ref -d "$ref"
+done
+for remote in $(git remote); do git remote remove "$remote"; done
+git reset -q
+git worktree prune
+rm -f .git/ORIG_HEAD .git/FETCH_HEAD .git/MERGE_HEAD .git/CHERRY_PICK_HEAD .git/REVERT_HEAD .git/AUTO_MERGE
+rm -rf .git/logs .git/refs/original .git/rebase-merge .git/rebase-apply
+git reflog expire --expire=now --all
+git -c gc.reflogExpire=now -c gc.reflogExpireUnreachable=now gc --prune=now --quiet
+echo "scrubbed: HEAD=$(git rev-parse HEAD) on $branch, $(git rev-list --all | wc -l) commits"
+"""
+
+
+def scrub_git_history(sandbox: Sandbox, base_commit: str, repo_dir: str = "/testbed", timeout: float = 300) -> str:
+    """Before the agent's first turn: make the upstream fix unreadable from git history.
+
+    Afterwards the repository's only ref is a branch at `base_commit` (HEAD on it); other branches,
+    tags, remotes, reflogs and stashes are gone and unreachable objects are pruned. The working tree
+    is untouched (the index is reset to the base commit). Returns the script's output.
+    """
+    result = sandbox.run(f"( {scrub_script(base_commit, repo_dir)} ) 2>&1", timeout=timeout)
+    if result.exit_code != 0:
+        raise SandboxError(
+            f"Scrubbing git history in {repo_dir} failed (exit {result.exit_code}):\n{result.output[-2000:]}"
+        )
+    return result.output

@@ -22,7 +22,7 @@ from typing import AsyncIterator
 from cwm_agent import __version__
 from cwm_agent.agent.config import RunConfig
 from cwm_agent.agent.loop import Agent, cut_to_tokens
-from cwm_agent.agent.repo import checkout_copy, copy_checkout_in, head_commit, working_tree_diff
+from cwm_agent.agent.repo import checkout_copy, copy_checkout_in, head_commit, scrub_git_history, working_tree_diff
 from cwm_agent.agent.task import Task
 from cwm_agent.agent.trajectory import ExitStatus, Header, Result, TrajectoryWriter
 from cwm_agent.model.client import ModelClient, ModelError
@@ -84,8 +84,6 @@ def _prepare_repo(sandbox: Sandbox, task: Task, checkout: tuple[Path, str] | Non
     else:
         base = task.base_commit or head_commit(sandbox, sandbox.workdir)
     if task.scrub_history:
-        from cwm_agent.benchmarks.swebench.images import scrub_git_history
-
         scrub_git_history(sandbox, base, sandbox.workdir)
     return base
 
@@ -119,7 +117,9 @@ async def run_task(
     """
     started = time.monotonic()
     async with _host_checkout(task) as checkout:
-        return await _run_episode(task, config, model, trajectory_path, run_id or uuid.uuid4().hex[:12], checkout, started)
+        return await _run_episode(
+            task, config, model, trajectory_path, run_id or uuid.uuid4().hex[:12], checkout, started
+        )
 
 
 async def _run_episode(
@@ -153,7 +153,11 @@ async def _run_episode(
             Header(
                 run_id=run_id,
                 started_at=time.time(),
-                versions={"cwm_agent": __version__, "python": platform.python_version(), "model": config.model.model or ""},
+                versions={
+                    "cwm_agent": __version__,
+                    "python": platform.python_version(),
+                    "model": config.model.model or "",
+                },
                 task=task.model_dump(mode="json"),
                 config=config.model_dump(mode="json"),
                 reasoning=config.agent.reasoning,

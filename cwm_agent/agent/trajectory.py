@@ -143,7 +143,7 @@ class Trajectory(BaseModel):
     result: Result | None
 
     @classmethod
-    def load(cls, path: Path) -> "Trajectory":
+    def load(cls, path: Path) -> Trajectory:
         header: Header | None = None
         turns: list[Turn] = []
         result: Result | None = None
@@ -171,7 +171,10 @@ class Trajectory(BaseModel):
     def messages(self) -> list[Message]:
         """The dialogue as messages (assistant bodies include the `<think>\\n` generation prefix)."""
         prefix = "<think>\n" if self.header.reasoning else ""
-        out = [Message(role="system", content=self.header.system_prompt), Message(role="user", content=self.header.user_prompt)]
+        out = [
+            Message(role="system", content=self.header.system_prompt),
+            Message(role="user", content=self.header.user_prompt),
+        ]
         for turn in self.turns:
             out.append(Message(role="assistant", content=prefix + turn.raw))
             if turn.observation is not None:
@@ -193,8 +196,10 @@ def rebuild_prompt(trajectory: Trajectory) -> str:
     """
     header = trajectory.header
     if header.config.get("model", {}).get("api") == "chat":
-        raise ValueError("this trajectory was run with model.api: chat; its prompts were rendered by the server "
-                         "(use Trajectory.messages() for the dialogue)")
+        raise ValueError(
+            "this trajectory was run with model.api: chat; its prompts were rendered by the server "
+            "(use Trajectory.messages() for the dialogue)"
+        )
     prompt = initial_prompt(header.system_prompt, header.user_prompt, header.reasoning)
     for turn in trajectory.turns:
         if turn.observation is None:

@@ -17,12 +17,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cwm_agent.benchmarks.swebench.evaluate import EvalOptions, InstanceResult, evaluate_instance
+from cwm_agent.swebench.evaluate import EvalOptions, InstanceResult, evaluate_instance
 
 
 def measure(workers: int, rounds: int, client) -> tuple[float, list[InstanceResult]]:
     """Evaluate every local instance `rounds` times with `workers` threads; (wall seconds, results)."""
-    from cwm_agent.benchmarks.swebench.local.build import local_instances
+    from cwm_agent.swebench.local.build import local_instances
 
     instances = local_instances()
     jobs = [(inst, r) for r in range(rounds) for inst in instances]
@@ -30,9 +30,12 @@ def measure(workers: int, rounds: int, client) -> tuple[float, list[InstanceResu
     with tempfile.TemporaryDirectory(prefix="cwm-eval-bench-") as tmp:
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(
-                lambda job: evaluate_instance(job[0], job[0].patch, Path(tmp) / f"round{job[1]}", options, client), jobs
-            ))
+            results = list(
+                pool.map(
+                    lambda job: evaluate_instance(job[0], job[0].patch, Path(tmp) / f"round{job[1]}", options, client),
+                    jobs,
+                )
+            )
         wall = time.monotonic() - started
     return wall, results
 
@@ -43,13 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args(argv)
 
-    from cwm_agent.benchmarks.swebench.local.build import build_local_images
     from cwm_agent.sandbox.images import docker_client
+    from cwm_agent.swebench.local.build import build_local_images
 
     build_local_images()
     client = docker_client()
     measure(1, 1, client)  # warm-up: page cache, image layers
-    print(f"{'workers':>7} {'evals':>5} {'wall s':>7} {'inst/min':>8} {'total s/inst':>12} {'tests s/inst':>12} {'overhead s/inst':>15} {'overhead/total':>14}")
+    print(
+        f"{'workers':>7} {'evals':>5} {'wall s':>7} {'inst/min':>8} {'total s/inst':>12} {'tests s/inst':>12} {'overhead s/inst':>15} {'overhead/total':>14}"
+    )
     for workers in args.workers:
         wall, results = measure(workers, args.rounds, client)
         bad = [r for r in results if r.outcome != "resolved"]

@@ -101,7 +101,9 @@ def _mini_swe_agent_python(workdir: Path) -> tuple[str | None, str]:
     if proc.returncode != 0:
         return None, "pip install mini-swe-agent failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
     version = subprocess.run(
-        [python, "-c", "import importlib.metadata as m; print(m.version('mini-swe-agent'))"], capture_output=True, text=True
+        [python, "-c", "import importlib.metadata as m; print(m.version('mini-swe-agent'))"],
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     return python, f"v{version}, throwaway venv"
 
@@ -127,7 +129,9 @@ def bench_mini_swe_agent(image: str, n: int, client) -> Row:
             prune(run_id, client=client)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
         if proc.returncode != 0 or not lines:
-            return Row("mini-swe-agent DockerEnvironment", [], f"failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+            return Row(
+                "mini-swe-agent DockerEnvironment", [], f"failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+            )
         return Row("mini-swe-agent DockerEnvironment", json.loads(lines[-1]), note)
 
 
@@ -161,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         assert first.exit_code == 0
         rows.append(Row("session (one attached stream)", timed(lambda: sandbox.run("true"), args.n)))
         container = sandbox.container
-        rows.append(Row("docker SDK exec_run per command", timed(lambda: container.exec_run(["bash", "-c", "true"]), args.n)))
+        rows.append(
+            Row("docker SDK exec_run per command", timed(lambda: container.exec_run(["bash", "-c", "true"]), args.n))
+        )
         if shutil.which("docker"):
             cli = ["docker", "exec", "-w", "/testbed", container.id, "bash", "-c", "true"]
             rows.append(Row("`docker exec` CLI per command", timed(lambda: subprocess.run(cli, check=True), args.n)))
@@ -186,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"goal session p50 < {SESSION_P50_GOAL_MS:g} ms: {'met' if ok_p50 else 'NOT met'} ({session.p50:.2f} ms)")
     if fastest_exec is not None:
         speedup = fastest_exec / session.p50
-        print(f"goal >= {SPEEDUP_GOAL:g}x faster than the fastest docker exec: {'met' if speedup >= SPEEDUP_GOAL else 'NOT met'} ({speedup:.0f}x)")
+        print(
+            f"goal >= {SPEEDUP_GOAL:g}x faster than the fastest docker exec: {'met' if speedup >= SPEEDUP_GOAL else 'NOT met'} ({speedup:.0f}x)"
+        )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Commands of cwm_agent.model, added to the `cwm-agent` app by `register`."""
+"""`cwm-agent serve`: CWM behind vLLM's OpenAI-compatible API."""
 
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ from typing import NoReturn, Optional
 
 import typer
 
-from cwm_agent.console import user_error
-
-
-def register(app: typer.Typer) -> None:
-    """Add this part's commands to the top-level app."""
-    app.command("serve")(serve)
+from cwm_agent.cli.console import user_error
+from cwm_agent.model.serve import ServeError, ServeOptions, build_command, resolve_tensor_parallel
+from cwm_agent.model.serve import serve as run_server
 
 
 def serve(
     model: str = typer.Argument("facebook/cwm", help="Hugging Face model id or local path."),
     tensor_parallel: Optional[int] = typer.Option(
-        None, "--tensor-parallel", min=1, help="GPUs to shard over (default: every visible GPU; giving it skips GPU detection)."
+        None,
+        "--tensor-parallel",
+        min=1,
+        help="GPUs to shard over (default: every visible GPU; giving it skips GPU detection).",
     ),
     max_model_len: int = typer.Option(131072, "--max-model-len", help="Context window in tokens."),
     port: int = typer.Option(8000, help="Port to serve on."),
@@ -28,15 +28,17 @@ def serve(
         None, "--gpu-memory-utilization", help="Share of GPU memory vLLM may use (vLLM's default when unset)."
     ),
     quantization: Optional[str] = typer.Option(None, help="e.g. fp8, to fit CWM on one 80 GB GPU."),
-    extra: list[str] = typer.Option([], "--extra", help="More `vllm serve` arguments, as one quoted string; repeatable."),
-    startup_timeout: float = typer.Option(1800.0, "--startup-timeout", help="Seconds to wait for the server to be healthy."),
+    extra: list[str] = typer.Option(
+        [], "--extra", help="More `vllm serve` arguments, as one quoted string; repeatable."
+    ),
+    startup_timeout: float = typer.Option(
+        1800.0, "--startup-timeout", help="Seconds to wait for the server to be healthy."
+    ),
     log_file: Optional[Path] = typer.Option(None, "--log-file", help="Also write vLLM's output to this file."),
     quiet: bool = typer.Option(False, "--quiet", help="Hide vLLM's output (it is still shown if startup fails)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the vllm command and exit."),
 ) -> None:
     """Serve CWM with vLLM (prefix caching on) and print the endpoint to pass as --model-url."""
-    from cwm_agent.model.serve import ServeError, ServeOptions, build_command, resolve_tensor_parallel
-    from cwm_agent.model.serve import serve as run_server
 
     try:
         extra_args = [arg for chunk in extra for arg in shlex.split(chunk)]

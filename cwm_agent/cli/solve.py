@@ -1,4 +1,4 @@
-"""`cwm-agent solve`, `cwm-agent demo` and `cwm-agent config`."""
+"""`cwm-agent solve`, `demo`, `show` and `config`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cwm_agent.console import err, user_error as _fail
+from cwm_agent.cli.console import err
+from cwm_agent.cli.console import user_error as _fail
 
 # soft_wrap: long lines (errors, paths, commands to copy) are never broken by inserted newlines.
 out = Console(soft_wrap=True)
@@ -42,7 +43,10 @@ def print_summary(outcome, output_dir: Path) -> None:
     from cwm_agent.agent.trajectory import ExitStatus
 
     colour = "green" if outcome.patch else ("yellow" if outcome.status == ExitStatus.SUBMITTED else "red")
-    out.print(f"[bold]status[/bold]      [{colour}]{outcome.status.value}[/{colour}] {escape(outcome.detail)}", highlight=False)
+    out.print(
+        f"[bold]status[/bold]      [{colour}]{outcome.status.value}[/{colour}] {escape(outcome.detail)}",
+        highlight=False,
+    )
     out.print(f"[bold]turns[/bold]       {outcome.turns}")
     out.print(f"[bold]tokens[/bold]      {outcome.context_tokens} in context, {outcome.completion_tokens} generated")
     out.print(f"[bold]time[/bold]        {outcome.elapsed:.1f} s")
@@ -78,11 +82,17 @@ async def _solve(task, config, output_dir: Path, run_id: str | None = None):
 def solve(
     repo: str = typer.Option(..., "--repo", help="Repository: a local git checkout or a git URL."),
     issue: str = typer.Option(..., "--issue", help="The issue text, or @FILE to read it from a file."),
-    commit: Optional[str] = typer.Option(None, "--commit", help="Revision to start from (default: the repository's HEAD)."),
+    commit: Optional[str] = typer.Option(
+        None, "--commit", help="Revision to start from (default: the repository's HEAD)."
+    ),
     image: Optional[str] = typer.Option(None, "--image", help="Sandbox image (default: cwm-agent/base:bookworm)."),
-    model_url: Optional[str] = typer.Option(None, "--model-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
+    model_url: Optional[str] = typer.Option(
+        None, "--model-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."
+    ),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML config (see `cwm-agent config`)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output directory (default: runs/solve-TIMESTAMP)."),
+    output: Optional[Path] = typer.Option(
+        None, "-o", "--output", help="Output directory (default: runs/solve-TIMESTAMP)."
+    ),
     max_turns: Optional[int] = typer.Option(None, "--max-turns", help="Override agent.max_turns."),
     sandbox: Optional[str] = typer.Option(None, "--sandbox", help="docker (default) or local (no isolation!)."),
 ) -> None:
@@ -115,7 +125,9 @@ def solve(
             outcome = asyncio.run(_solve(task, config, output_dir, run_id))
         except KeyboardInterrupt:
             sweep_run(run_id)
-            err.print(f"interrupted: the container was removed; the partial trajectory is in {output_dir / 'trajectory.jsonl'}")
+            err.print(
+                f"interrupted: the container was removed; the partial trajectory is in {output_dir / 'trajectory.jsonl'}"
+            )
             raise typer.Exit(143 if terminated else 130) from None
         except (RepoError, SandboxError, ModelError) as exc:
             raise _fail(str(exc)) from None
@@ -139,16 +151,18 @@ REPLAY_BANNER = (
 
 
 def demo(
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output directory (default: runs/demo-TIMESTAMP)."),
+    output: Optional[Path] = typer.Option(
+        None, "-o", "--output", help="Output directory (default: runs/demo-TIMESTAMP)."
+    ),
 ) -> None:
     """Run the whole pipeline on the bundled demo task with a replayed model (no GPU needed)."""
     from cwm_agent.agent.config import load_config
-    from cwm_agent.benchmarks.demo import build_demo_image, demo_image, demo_instance, demo_replies
-    from cwm_agent.benchmarks.swebench.evaluate import evaluate_instance
-    from cwm_agent.benchmarks.swebench.tasks import instance_task
+    from cwm_agent.demo import build_demo_image, demo_image, demo_instance, demo_replies
     from cwm_agent.model.client import ModelError
     from cwm_agent.model.scripted_server import ScriptedServer
     from cwm_agent.sandbox.base import SandboxError
+    from cwm_agent.swebench.evaluate import evaluate_instance
+    from cwm_agent.swebench.tasks import instance_task
 
     output_dir = output or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -156,7 +170,9 @@ def demo(
         out.print("preparing the demo image (first time: a few seconds) ...")
         instance = demo_instance(build_demo_image())
         out.print(REPLAY_BANNER)
-        out.print(f"[bold]task[/bold]        {instance.instance_id}: {escape(instance.problem_statement.splitlines()[0])}")
+        out.print(
+            f"[bold]task[/bold]        {instance.instance_id}: {escape(instance.problem_statement.splitlines()[0])}"
+        )
         with ScriptedServer(replies=demo_replies(), model="cwm-replay (scripted, not CWM)") as server:
             config = load_config(None, {"model": {"url": server.url}})
             task = instance_task(instance, demo_image())
@@ -171,19 +187,23 @@ def demo(
     except (SandboxError, ModelError) as exc:
         raise _fail(str(exc)) from None
     colour = "green" if result.outcome == "resolved" else "red"
-    out.print(f"[bold]evaluation[/bold]  [{colour}]{result.outcome}[/{colour}] {escape(result.error)} (log: {output_dir / 'eval' / instance.instance_id})")
+    out.print(
+        f"[bold]evaluation[/bold]  [{colour}]{result.outcome}[/{colour}] {escape(result.error)} (log: {output_dir / 'eval' / instance.instance_id})"
+    )
     raise typer.Exit(0 if result.outcome == "resolved" else 1)
 
 
 def show(
-    trajectory: Path = typer.Argument(..., help="A trajectory.jsonl file (solve/demo output, or swebench run's trajectories/ID.jsonl)."),
+    trajectory: Path = typer.Argument(
+        ..., help="A trajectory.jsonl file (solve/demo output, or swebench run's trajectories/ID.jsonl)."
+    ),
     full: bool = typer.Option(False, "--full", help="Show every line (by default long texts are cut to --lines)."),
     lines: int = typer.Option(25, "--lines", min=1, help="Lines shown of each long text."),
     no_thinking: bool = typer.Option(False, "--no-thinking", help="Leave out the model's thinking."),
     turn: Optional[int] = typer.Option(None, "--turn", help="Show only this turn."),
 ) -> None:
     """Show a trajectory turn by turn: thinking, tool call, observation, tokens and timings."""
-    from cwm_agent.agent.show import show_trajectory
+    from cwm_agent.reports.show import show_trajectory
 
     try:
         # Its own console: panels must wrap long lines, which the summary console (soft wrap) doesn't.
@@ -194,7 +214,9 @@ def show(
         raise _fail(str(exc)) from None
 
 
-def show_config(config_file: Optional[Path] = typer.Argument(None, help="A YAML file to merge over the defaults.")) -> None:
+def show_config(
+    config_file: Optional[Path] = typer.Argument(None, help="A YAML file to merge over the defaults."),
+) -> None:
     """Print the run configuration (defaults: CWM's SWE-bench settings) as YAML."""
     from cwm_agent.agent.config import ConfigError, dump_config, load_config
 
@@ -202,11 +224,3 @@ def show_config(config_file: Optional[Path] = typer.Argument(None, help="A YAML 
         typer.echo(dump_config(load_config(config_file)), nl=False)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-
-
-def register(app: typer.Typer) -> None:
-    """Add this part's commands to the top-level app."""
-    app.command("solve")(solve)
-    app.command("config")(show_config)
-    app.command("demo")(demo)
-    app.command("show")(show)

@@ -9,56 +9,63 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cwm_agent.console import err, user_error as _fail
+from cwm_agent.cli.common import split_ids
+from cwm_agent.cli.console import err
+from cwm_agent.cli.console import user_error as _fail
 
 out = Console()
 
-swebench_app = typer.Typer(
-    name="swebench", help="SWE-bench: run the agent over a dataset, evaluate patches like the official harness; local instances.", no_args_is_help=True
-)
 
-
-def _ids(values: Optional[List[str]]) -> list[str] | None:
-    """--instance-ids accepts repeated options and comma/space separated lists."""
-    if not values:
-        return None
-    return [part for value in values for part in value.replace(",", " ").split() if part]
-
-
-@swebench_app.command("eval")
 def eval_command(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset: .jsonl/.json/.parquet file, or a Hugging Face id."),
+    dataset: str = typer.Option(
+        ..., "--dataset", "-d", help="Dataset: .jsonl/.json/.parquet file, or a Hugging Face id."
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Directory for per-instance logs and reports."),
-    predictions: Optional[Path] = typer.Option(None, "--predictions", "-p", help="Predictions file (official format: instance_id, model_name_or_path, model_patch)."),
+    predictions: Optional[Path] = typer.Option(
+        None,
+        "--predictions",
+        "-p",
+        help="Predictions file (official format: instance_id, model_name_or_path, model_patch).",
+    ),
     gold: bool = typer.Option(False, "--gold", help="Evaluate the dataset's own patches instead of predictions."),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Instances evaluated in parallel."),
-    instance_ids: Optional[List[str]] = typer.Option(None, "--instance-ids", help="Only these instances (repeat, or comma-separated)."),
+    instance_ids: Optional[List[str]] = typer.Option(
+        None, "--instance-ids", help="Only these instances (repeat, or comma-separated)."
+    ),
     timeout: float = typer.Option(600.0, "--timeout", min=1, help="Seconds the tests of one instance may run."),
     network: str = typer.Option("none", "--network", help="Network of the eval containers: none or host."),
-    pip_index: Optional[bool] = typer.Option(None, "--pip-index/--no-pip-index", help="Let pip use a package index in eval containers (default: not with --network none)."),
+    pip_index: Optional[bool] = typer.Option(
+        None,
+        "--pip-index/--no-pip-index",
+        help="Let pip use a package index in eval containers (default: not with --network none).",
+    ),
     allow_pull: bool = typer.Option(False, "--allow-pull", help="Pull missing images from a registry."),
-    registry_prefix: Optional[str] = typer.Option(None, "--registry-prefix", help="Registry mirror for official images (with --allow-pull)."),
+    registry_prefix: Optional[str] = typer.Option(
+        None, "--registry-prefix", help="Registry mirror for official images (with --allow-pull)."
+    ),
     rerun: bool = typer.Option(False, "--rerun", help="Evaluate again instances already done in OUTPUT."),
     split: str = typer.Option("test", "--split", help="Split, for Hugging Face datasets."),
 ) -> None:
     """Evaluate patches: a fresh container per prediction, the official eval script, parsers and grading."""
-    from cwm_agent.benchmarks.swebench.dataset import DatasetError, load_instances, load_predictions
-    from cwm_agent.benchmarks.swebench.evaluate import EvalOptions, evaluate_predictions, gold_predictions
     from cwm_agent.sandbox.base import SandboxError
+    from cwm_agent.swebench.dataset import DatasetError, load_instances, load_predictions
+    from cwm_agent.swebench.evaluate import EvalOptions, evaluate_predictions, gold_predictions
 
     if network not in ("none", "host"):
         raise _fail(f"--network {network}: use none or host.")
     if gold == (predictions is not None):
         raise _fail("pass either --predictions FILE or --gold (not both, not neither).")
     try:
-        instances = load_instances(dataset, instance_ids=_ids(instance_ids), split=split)
+        instances = load_instances(dataset, instance_ids=split_ids(instance_ids), split=split)
         preds = gold_predictions(instances) if gold else load_predictions(predictions)
     except DatasetError as exc:
         raise _fail(str(exc)) from None
     known = {i.instance_id for i in instances}
     unknown = [p.instance_id for p in preds if p.instance_id not in known]
     if unknown and not instance_ids:
-        err.print(f"[yellow]warning:[/yellow] {len(unknown)} predictions are not in {dataset} and are skipped: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+        err.print(
+            f"[yellow]warning:[/yellow] {len(unknown)} predictions are not in {dataset} and are skipped: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
+        )
     preds = [p for p in preds if p.instance_id in known]
     if not preds:
         raise _fail(f"no prediction matches an instance of {dataset}.")
@@ -66,8 +73,12 @@ def eval_command(
         raise _fail(f"--output {output} is a file; pass a directory.")
 
     options = EvalOptions(
-        timeout=timeout, network=network, pip_no_index=None if pip_index is None else not pip_index,
-        allow_pull=allow_pull, registry_prefix=registry_prefix, rerun=rerun,
+        timeout=timeout,
+        network=network,
+        pip_no_index=None if pip_index is None else not pip_index,
+        allow_pull=allow_pull,
+        registry_prefix=registry_prefix,
+        rerun=rerun,
     )
     done = 0
 
@@ -76,7 +87,11 @@ def eval_command(
         done += 1
         colour = {"resolved": "green", "unresolved": "yellow", "empty_patch": "yellow"}.get(result.outcome, "red")
         detail = f"  {escape(result.error.splitlines()[0][:160])}" if result.error else ""
-        err.print(f"[{done}/{len(preds)}] {result.instance_id}: [{colour}]{result.outcome}[/{colour}] ({result.total_s:.1f} s){detail}", highlight=False, soft_wrap=True)
+        err.print(
+            f"[{done}/{len(preds)}] {result.instance_id}: [{colour}]{result.outcome}[/{colour}] ({result.total_s:.1f} s){detail}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     try:
         summary, _ = evaluate_predictions(instances, preds, output, workers, options, on_result=progress)
@@ -96,8 +111,11 @@ def _print_summary(summary: dict, output: Path) -> None:
     table.add_column("count", justify="right")
     submitted = summary["submitted_instances"] or 1
     for label, key in [
-        ("submitted", "submitted_instances"), ("resolved", "resolved_instances"), ("unresolved", "unresolved_instances"),
-        ("empty patch", "empty_patch_instances"), ("error", "error_instances"),
+        ("submitted", "submitted_instances"),
+        ("resolved", "resolved_instances"),
+        ("unresolved", "unresolved_instances"),
+        ("empty patch", "empty_patch_instances"),
+        ("error", "error_instances"),
     ]:
         table.add_row(label, str(summary[key]))
     out.print(table)
@@ -109,15 +127,14 @@ def _print_summary(summary: dict, output: Path) -> None:
     )
 
 
-@swebench_app.command("build-local")
 def build_local(
     trust_host_ca: bool = typer.Option(False, "--trust-host-ca", help="Trust this host's CA bundle in image builds."),
     force: bool = typer.Option(False, "--force", help="Rebuild images that exist."),
 ) -> None:
     """Build the images of the local instance set (sdists from PyPI, on this host). Fast when present."""
-    from cwm_agent.benchmarks.swebench.local.build import build_local_images
     from cwm_agent.sandbox.base import SandboxError
     from cwm_agent.sandbox.images import BuildOptions
+    from cwm_agent.swebench.local.build import build_local_images
 
     try:
         done = build_local_images(BuildOptions(trust_host_ca=trust_host_ca), force=force)
@@ -127,23 +144,21 @@ def build_local(
         typer.echo(f"{name}: {'built' if built else 'already present'}")
 
 
-@swebench_app.command("local-dataset")
 def local_dataset() -> None:
     """Print the path of the local instance set (use it as --dataset)."""
-    from cwm_agent.benchmarks.swebench.local import INSTANCES_FILE
+    from cwm_agent.swebench.local import INSTANCES_FILE
 
     typer.echo(str(INSTANCES_FILE))
 
 
-@swebench_app.command("eval-script")
 def eval_script(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset file or Hugging Face id."),
     instance_id: str = typer.Argument(..., help="The instance."),
 ) -> None:
     """Print the eval script of one instance (built offline) and the image it runs in."""
-    from cwm_agent.benchmarks.swebench.dataset import DatasetError, load_instances
-    from cwm_agent.benchmarks.swebench.images import candidate_images
-    from cwm_agent.benchmarks.swebench.spec import SpecError, make_eval_spec
+    from cwm_agent.swebench.dataset import DatasetError, load_instances
+    from cwm_agent.swebench.images import candidate_images
+    from cwm_agent.swebench.spec import SpecError, make_eval_spec
 
     try:
         (instance,) = load_instances(dataset, instance_ids=[instance_id])
@@ -152,11 +167,3 @@ def eval_script(
         raise _fail(str(exc)) from None
     err.print(f"# images, in the order tried: {', '.join(candidate_images(instance))}; log parser: {spec.log_parser}")
     typer.echo(spec.eval_script, nl=False)
-
-
-def register(app: typer.Typer) -> None:
-    """Add this part's commands to the top-level app."""
-    from cwm_agent.benchmarks.swebench.run_cli import run_command
-
-    swebench_app.command("run")(run_command)
-    app.add_typer(swebench_app, name="swebench")

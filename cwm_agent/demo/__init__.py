@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
-from cwm_agent.benchmarks.swebench.dataset import SWEBenchInstance
-from cwm_agent.benchmarks.swebench.images import local_image_name
-from cwm_agent.benchmarks.swebench.local.build import COMMIT_ENV
-from cwm_agent.sandbox.images import BASE_IMAGE, BuildOptions, build_image, docker_client, image_exists
 from cwm_agent.sandbox.base import SandboxError
+from cwm_agent.sandbox.images import BASE_IMAGE, BuildOptions, build_image, docker_client, image_exists
+from cwm_agent.swebench.dataset import SWEBenchInstance
+from cwm_agent.swebench.images import local_image_name
+from cwm_agent.swebench.local.build import COMMIT_ENV
 
 TASK_FILE = Path(__file__).resolve().parent / "task.yaml"
 BASE_COMMIT_LABEL = "io.cwm-agent.base-commit"
@@ -59,7 +59,9 @@ def build_demo_image(options: BuildOptions | None = None, force: bool = False) -
                 (src / rel).parent.mkdir(parents=True, exist_ok=True)
                 (src / rel).write_text(text, encoding="utf-8")
             build_image(name, _DOCKERFILE.format(base=BASE_IMAGE, commit_env=COMMIT_ENV), {"src": src}, options)
-    output = client.containers.run(name, ["git", "-C", "/testbed", "rev-parse", "HEAD"], remove=True, network_mode="none")
+    output = client.containers.run(
+        name, ["git", "-C", "/testbed", "rev-parse", "HEAD"], remove=True, network_mode="none"
+    )
     return output.decode().strip()
 
 

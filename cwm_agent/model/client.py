@@ -28,6 +28,8 @@ from typing import Any, Literal, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from cwm_agent.errors import UserError
+
 EOT = "<|eot_id|>"
 # <|end_of_text|>, <|eom_id|>, <|eot_id|>: the model config's end ids (see CWM_FACTS.md).
 CWM_STOP_TOKEN_IDS = [128001, 128008, 128009]
@@ -40,7 +42,7 @@ START_HINT = (
 T = TypeVar("T")
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """The server refused a request, or answered something we cannot use."""
 
 
@@ -353,7 +355,11 @@ class ModelClient:
         return True
 
     async def chat(
-        self, messages: list[dict[str, Any]], sampling: SamplingParams | None = None, *, prompt_tokens: int | None = None
+        self,
+        messages: list[dict[str, Any]],
+        sampling: SamplingParams | None = None,
+        *,
+        prompt_tokens: int | None = None,
     ) -> Completion:
         """Generate one reply with POST /v1/chat/completions (the server applies its chat template)."""
         results = await self._generate("chat/completions", {"messages": messages}, _single(sampling), prompt_tokens)
@@ -409,7 +415,9 @@ class ModelClient:
             self.model = ids[0]
         elif self.model not in ids:
             served = ", ".join(ids)
-            raise ModelError(f"the server at {self.url} serves {served}, not {self.model}; pass one of those as the model")
+            raise ModelError(
+                f"the server at {self.url} serves {served}, not {self.model}; pass one of those as the model"
+            )
         self.max_model_len = dict(data).get(self.model) or self.max_model_len
         return self.model
 
@@ -612,6 +620,7 @@ class ModelClient:
                     "a local tokenizer is configured but `transformers` is not installed: "
                     "pip install transformers, or leave the tokenizer unset to count tokens with the server's /tokenize"
                 ) from None
+
             def load() -> Any:
                 # Once per client, however many rollouts ask at the same moment.
                 with self._tokenizer_lock:

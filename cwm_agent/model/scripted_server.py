@@ -404,7 +404,9 @@ class ScriptedServer:
             try:
                 return parse_entry(self.policy(request))
             except Exception as exc:  # a test's policy bug should read as an answer, not a dead thread
-                raise _NoReply(500, f"scripted server: the policy failed on request #{request.index}: {exc!r}") from None
+                raise _NoReply(
+                    500, f"scripted server: the policy failed on request #{request.index}: {exc!r}"
+                ) from None
         with self._lock:
             if self._next_reply < len(self.script):
                 entry = self.script[self._next_reply]
@@ -413,7 +415,8 @@ class ScriptedServer:
         if self.fallback is not None:
             return Reply(self.fallback)
         raise _NoReply(
-            500, f"scripted server: no reply left for generation request #{request.index} (the script had {len(self.script)})"
+            500,
+            f"scripted server: no reply left for generation request #{request.index} (the script had {len(self.script)})",
         )
 
     def _record(self, record: RecordedRequest) -> None:
@@ -627,7 +630,9 @@ class _FaultRaised(Exception):
 
 def _error_body(status: int, message: str) -> dict[str, Any]:
     kinds = {400: "BadRequestError", 404: "NotFoundError", 429: "RateLimitError"}
-    return {"error": {"message": message, "type": kinds.get(status, "InternalServerError"), "param": None, "code": status}}
+    return {
+        "error": {"message": message, "type": kinds.get(status, "InternalServerError"), "param": None, "code": status}
+    }
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -760,7 +765,12 @@ class _Handler(BaseHTTPRequestHandler):
             tokens = scripted.tokenizer.encode(prompt)
             if body.get("add_special_tokens", True):
                 tokens = [SPECIAL_IDS["<|begin_of_text|>"], *tokens]
-            reply = {"count": len(tokens), "max_model_len": scripted.max_model_len, "tokens": tokens, "token_strs": None}
+            reply = {
+                "count": len(tokens),
+                "max_model_len": scripted.max_model_len,
+                "tokens": tokens,
+                "token_strs": None,
+            }
             self._send_json(200, reply)
         elif method == "POST" and path == "/detokenize":
             tokens = body.get("tokens")
@@ -793,7 +803,9 @@ def load_script(path: Path) -> list[Reply | Fault]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cwm_agent.model.scripted_server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m cwm_agent.model.scripted_server", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--replies", type=Path, help="JSON or YAML list of replies (strings or mappings)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--host", default="127.0.0.1")

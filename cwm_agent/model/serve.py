@@ -23,11 +23,13 @@ from typing import TextIO
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cwm_agent.errors import UserError
+
 DEFAULT_MODEL = "facebook/cwm"
 INSTALL_HINT = "pip install 'cwm-agent[gpu]'"
 
 
-class ServeError(RuntimeError):
+class ServeError(UserError, RuntimeError):
     """A problem the user can fix (missing vllm, no GPU, busy port, startup failure).
 
     `exit_code`: 2 for what was wrong before vLLM started, 1 when vLLM itself failed."""
@@ -236,12 +238,16 @@ def _supervise(proc, pump, opts: ServeOptions, url: str, health: str, stop: thre
         if proc.poll() is not None:
             pump.join(timeout=5)
             tail = "\n".join(pump.tail) or "(no output)"
-            raise ServeError(f"vLLM exited with code {proc.returncode} before it was ready; its last output:\n{tail}", 1)
+            raise ServeError(
+                f"vLLM exited with code {proc.returncode} before it was ready; its last output:\n{tail}", 1
+            )
         if stop.is_set():
             echo("stopping vLLM (interrupted during startup)")
             return 130
         if time.monotonic() > deadline:
-            raise ServeError(f"vLLM did not answer {health} within {opts.startup_timeout:.0f}s; raise --startup-timeout", 1)
+            raise ServeError(
+                f"vLLM did not answer {health} within {opts.startup_timeout:.0f}s; raise --startup-timeout", 1
+            )
         stop.wait(1.0)
     echo(f"vLLM is serving {opts.model} at {url}")
     echo(f"point cwm-agent at it with: --model-url {url}")

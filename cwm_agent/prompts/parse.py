@@ -146,8 +146,7 @@ def _find_call(action: str, allowed_tools: Iterable[str] | None) -> ToolCall | N
         allowed = list(allowed_tools)
         if name not in allowed:
             raise UnknownTool(
-                f"There is no tool named '{name}'. Call one of the available tools: "
-                f"{', '.join(allowed)}."
+                f"There is no tool named '{name}'. Call one of the available tools: {', '.join(allowed)}."
             )
     return ToolCall(name=name, body=body)
 

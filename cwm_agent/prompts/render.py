@@ -52,9 +52,7 @@ class Message(BaseModel):
     @classmethod
     def _known_role(cls, role: str) -> str:
         if not _ROLE_RE.fullmatch(role):
-            raise ValueError(
-                f"role must be system, user, assistant or 'tool: NAME', got {role!r}"
-            )
+            raise ValueError(f"role must be system, user, assistant or 'tool: NAME', got {role!r}")
         return role
 
     @classmethod
@@ -121,9 +119,7 @@ def generation_prompt_pieces(reasoning: bool = True) -> list[Piece]:
     return pieces
 
 
-def _dialogue_pieces(
-    messages: Sequence[Message], *, strip_assistant: bool, open_last: bool
-) -> list[Piece]:
+def _dialogue_pieces(messages: Sequence[Message], *, strip_assistant: bool, open_last: bool) -> list[Piece]:
     pieces: list[Piece] = []
     for i, message in enumerate(messages):
         is_last = i == len(messages) - 1
@@ -146,9 +142,7 @@ def render_pieces(messages: Sequence[Message], reasoning: bool = True, *, bos: b
     return pieces
 
 
-def continuation_pieces(
-    reply: str, new_messages: Sequence[Message], reasoning: bool = True
-) -> list[Piece]:
+def continuation_pieces(reply: str, new_messages: Sequence[Message], reasoning: bool = True) -> list[Piece]:
     """The pieces of `render_continuation(...)`; the first is the reply (plain text, or absent if empty)."""
     reply = reply.removesuffix(EOT)
     pieces = [Piece(reply, False)] if reply else []

@@ -8,14 +8,14 @@ switches reasoning mode on.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 TOOL_NAMES = ("bash", "edit", "create", "submit")
 TRUNCATION_MARK = "[...]"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_template(name: str) -> str:
     """The text of `templates/NAME.txt`, without the file's final newline."""
     path = resources.files("cwm_agent.prompts") / "templates" / f"{name}.txt"
@@ -92,15 +92,11 @@ def issue_prompt(problem_statement: str, repo_root: str = "/testbed") -> str:
 
 def test_generation_prompt(problem_statement: str, repo_root: str = "/testbed") -> str:
     """The user message of a test-generation episode: write and submit a standalone `test_issue.py`."""
-    return fill(
-        load_template("test_generation"), problem_statement=problem_statement, repo_root=repo_root
-    )
+    return fill(load_template("test_generation"), problem_statement=problem_statement, repo_root=repo_root)
 
 
 def budget_block(remaining_turns: int, remaining_tokens: int) -> str:
-    return fill(
-        load_template("budget"), remaining_turns=remaining_turns, remaining_tokens=remaining_tokens
-    )
+    return fill(load_template("budget"), remaining_turns=remaining_turns, remaining_tokens=remaining_tokens)
 
 
 def output_block(result: str) -> str:

@@ -44,11 +44,24 @@ def _turn(turn: Turn, max_lines: int | None, thinking: bool) -> Group:
         style = "green" if turn.tool_ok else ("red" if turn.tool_ok is False else "yellow")
         parts.append(Panel(body, title=f"<tool: {turn.action.tool}>", title_align="left", border_style=style))
     elif not turn.format_error:
-        parts.append(Panel(Text(clip(turn.raw.split("</think>")[-1].strip(), max_lines)), title="final response", title_align="left"))
+        parts.append(
+            Panel(
+                Text(clip(turn.raw.split("</think>")[-1].strip(), max_lines)),
+                title="final response",
+                title_align="left",
+            )
+        )
     shown = turn.observation or turn.unsent_observation
     if shown is not None:
         note = "" if turn.observation else " (not sent: the context was full)"
-        parts.append(Panel(Text(clip(shown.content, max_lines)), title=f"{shown.role}{note}", title_align="left", border_style="dim"))
+        parts.append(
+            Panel(
+                Text(clip(shown.content, max_lines)),
+                title=f"{shown.role}{note}",
+                title_align="left",
+                border_style="dim",
+            )
+        )
     return Group(*parts)
 
 
@@ -60,7 +73,9 @@ def show_trajectory(
     header = trajectory.header
     if turn is None:
         task = header.task
-        console.print(Rule(f"{task.get('task_id', '?')} · run {header.run_id} · model {header.versions.get('model') or '?'}"))
+        console.print(
+            Rule(f"{task.get('task_id', '?')} · run {header.run_id} · model {header.versions.get('model') or '?'}")
+        )
         console.print(Panel(Text(clip(header.user_prompt, max_lines)), title="task", title_align="left"))
     for record in trajectory.turns:
         if turn is None or record.index == turn:
@@ -74,7 +89,12 @@ def show_trajectory(
         console.print(Rule("no result record: the run was killed or is still going", style="yellow"))
         return
     colour = "green" if result.submission else "red"
-    console.print(Rule(f"[{colour}]{result.exit_status.value}[/{colour}] · {result.turns} turns · {result.elapsed:.1f}s", style=colour))
+    console.print(
+        Rule(
+            f"[{colour}]{result.exit_status.value}[/{colour}] · {result.turns} turns · {result.elapsed:.1f}s",
+            style=colour,
+        )
+    )
     if result.detail:
         console.print(Text(result.detail))
     diff = result.submission or result.final_diff

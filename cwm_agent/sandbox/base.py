@@ -13,6 +13,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
+from cwm_agent.errors import UserError
+
 PROJECT_LABEL = "io.cwm-agent.project"
 """Docker label put on every container the project starts (value: "cwm-agent")."""
 RUN_ID_LABEL = "io.cwm-agent.run-id"
@@ -45,7 +47,7 @@ class RunResult(BaseModel):
     dropped_bytes: int = Field(default=0, description="bytes cut from the middle of the output by the cap")
 
 
-class SandboxError(RuntimeError):
+class SandboxError(UserError, RuntimeError):
     """The sandbox could not be created or used; the message says what to do."""
 
 
@@ -116,6 +118,6 @@ class Sandbox(Protocol):
     def close(self) -> None:
         """Stop the session and remove the machine (idempotent, never raises for a gone machine)."""
 
-    def __enter__(self) -> "Sandbox": ...
+    def __enter__(self) -> Sandbox: ...
 
     def __exit__(self, *exc: object) -> None: ...

@@ -16,7 +16,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Protocol
 
+import docker.errors
+
 from cwm_agent.sandbox.base import OWNER_PID_LABEL, PROJECT_LABEL, RUN_ID_LABEL, SandboxError
+from cwm_agent.sandbox.images import docker_client
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +143,6 @@ def _owner_alive(labels: dict[str, str]) -> bool:
 def prune(run_id: str | None = None, dead_only: bool = False, client: Any = None) -> list[str]:
     """Remove the project's containers (only run `run_id`'s when given; only those whose owner
     process is gone when `dead_only`). Returns the removed containers' names."""
-    import docker.errors
-
-    from cwm_agent.sandbox.images import docker_client
-
     client = client or docker_client()
     filters = [f"{PROJECT_LABEL}={PROJECT_VALUE}"]
     if run_id:

@@ -26,12 +26,13 @@ import docker.errors
 
 from cwm_agent.sandbox import cleanup
 from cwm_agent.sandbox.base import (
-    ImageNotFoundError,
     RUN_ID_LABEL,
+    ImageNotFoundError,
     RunResult,
     SandboxConfig,
     SandboxError,
 )
+from cwm_agent.sandbox.images import docker_client
 from cwm_agent.sandbox.session import BashSession
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class _ContainerHost:
 
     orphans_are_ours = True
 
-    def __init__(self, sandbox: "DockerSandbox") -> None:
+    def __init__(self, sandbox: DockerSandbox) -> None:
         self.sandbox = sandbox
 
     @property
@@ -145,8 +146,14 @@ class _ContainerHost:
         cid = self.sandbox.container_id
         try:
             exec_id = self.api.exec_create(
-                cid, ["bash", "-c", _SESSION_MAIN], stdin=True, stdout=True, stderr=True, tty=False,
-                workdir=workdir, environment=env,
+                cid,
+                ["bash", "-c", _SESSION_MAIN],
+                stdin=True,
+                stdout=True,
+                stderr=True,
+                tty=False,
+                workdir=workdir,
+                environment=env,
             )["Id"]
             sock = self.api.exec_start(exec_id, socket=True)
         except docker.errors.APIError as exc:
@@ -200,8 +207,6 @@ class DockerSandbox:
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
-            from cwm_agent.sandbox.images import docker_client
-
             self._client = docker_client()
         return self._client
 
@@ -304,7 +309,7 @@ class DockerSandbox:
         except SandboxError:
             pass  # no engine: nothing we could remove
 
-    def __enter__(self) -> "DockerSandbox":
+    def __enter__(self) -> DockerSandbox:
         self.start()
         return self
 
@@ -425,7 +430,9 @@ class DockerSandbox:
     def _mkdir(self, path: str) -> None:
         result = self.container.exec_run(["mkdir", "-p", "--", path], user=f"{self.session.uid}:{self.session.gid}")
         if result.exit_code != 0:
-            raise SandboxError(f"Could not create {path} in the sandbox: {result.output.decode(errors='replace').strip()}")
+            raise SandboxError(
+                f"Could not create {path} in the sandbox: {result.output.decode(errors='replace').strip()}"
+            )
 
     def copy_out(self, src: str, dest: Path) -> None:
         """`src` (a file or a directory, kept under its own name) lands in the host directory `dest`."""

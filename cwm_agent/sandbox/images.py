@@ -131,7 +131,9 @@ def import_debian_root(name: str, suite: str = "bookworm", mirror: str | None = 
             cmd.append(mirror)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise SandboxError(f"debootstrap {suite} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+            raise SandboxError(
+                f"debootstrap {suite} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+            )
         tar_path = Path(tmp) / "rootfs.tar"
         with tarfile.open(tar_path, "w") as tar:
             tar.add(rootfs, arcname=".")

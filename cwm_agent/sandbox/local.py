@@ -144,7 +144,9 @@ class LocalSandbox:
         log.warning("local sandbox: commands run on this host without any isolation")
         cleanup.track(self)
         try:
-            self.session = BashSession.for_sandbox(_LocalHost(), self.workdir, self.config, {"CWM_WORKDIR": self.workdir})
+            self.session = BashSession.for_sandbox(
+                _LocalHost(), self.workdir, self.config, {"CWM_WORKDIR": self.workdir}
+            )
             self.session.start()
         except BaseException:
             self.close()
@@ -160,7 +162,7 @@ class LocalSandbox:
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "LocalSandbox":
+    def __enter__(self) -> LocalSandbox:
         self.start()
         return self
 

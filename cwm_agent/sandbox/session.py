@@ -225,7 +225,9 @@ class BashSession:
     # -- life cycle -------------------------------------------------------------------------
 
     @classmethod
-    def for_sandbox(cls, host: ShellHost, workdir: str, config: SandboxConfig, extra_env: dict[str, str] | None = None) -> "BashSession":
+    def for_sandbox(
+        cls, host: ShellHost, workdir: str, config: SandboxConfig, extra_env: dict[str, str] | None = None
+    ) -> BashSession:
         """The session a sandbox backend runs, with the settings of its `SandboxConfig`."""
         return cls(
             host,
@@ -272,14 +274,14 @@ class BashSession:
                 "shopt -s expand_aliases",
                 "set +o history 2>/dev/null",
                 "__cwm_id=",
-                "__cwm_done() { \\builtin set +eux; \\builtin printf '__CWM_END_%s__%d done\\n' \"$2\" \"$1\"; }",
-                "trap '\\builtin printf \"__CWM_END_%s__%d exit\\n\" \"$__cwm_id\" \"$?\"' EXIT",
+                '__cwm_done() { \\builtin set +eux; \\builtin printf \'__CWM_END_%s__%d done\\n\' "$2" "$1"; }',
+                'trap \'\\builtin printf "__CWM_END_%s__%d exit\\n" "$__cwm_id" "$?"\' EXIT',
                 *(f"export {k}={shlex.quote(v)}" for k, v in self.env.items()),
                 f"cd {shlex.quote(self.workdir)} 2>/dev/null || cd /",
                 "__cwm_u=0 __cwm_g=0",
                 "while read -r __k __a __b __r; do case $__k in Uid:) __cwm_u=$__b;; Gid:) __cwm_g=$__b;; esac; done < /proc/$$/status",
                 "read -r __cwm_up __r < /proc/uptime",
-                f"printf '{ready} %s %s %s %s\\n' \"$$\" \"$__cwm_up\" \"$__cwm_u\" \"$__cwm_g\"",
+                f'printf \'{ready} %s %s %s %s\\n\' "$$" "$__cwm_up" "$__cwm_u" "$__cwm_g"',
                 "unset __k __a __b __r __cwm_u __cwm_g __cwm_up",
                 "",
             ]
@@ -301,7 +303,9 @@ class BashSession:
         for command in self.startup_commands:
             result = self._run_locked(command, self.startup_timeout, restart_on_death=False)
             if result.status in (RunStatus.TIMEOUT, RunStatus.SESSION_DIED):
-                raise SandboxError(f"Startup command {command!r} failed ({result.status.value}): {result.output[-2000:]}")
+                raise SandboxError(
+                    f"Startup command {command!r} failed ({result.status.value}): {result.output[-2000:]}"
+                )
             if result.exit_code:
                 log.warning("startup command %r exited with %s: %s", command, result.exit_code, result.output[-500:])
 
@@ -338,8 +342,8 @@ class BashSession:
             f"IFS= \\builtin read -r -d '' __cwm_cmd <<'{delimiter}' || \\builtin true\n{body}{delimiter}\n"
             # When the command starts, on the clock of /proc/PID/stat: what it starts is what a timeout stops.
             f"\\builtin read -r __cwm_t __cwm_r </proc/uptime; \\builtin read -r __cwm_r __cwm_r __cwm_r __cwm_r __cwm_p </proc/loadavg; "
-            f"\\builtin printf '__CWM_START_%s__%s %s\\n' {cid} \"$__cwm_t\" \"$__cwm_p\"; "
-            f"\\builtin eval \"$__cwm_cmd\" </dev/null; {{ __cwm_done $? {cid}; }} 2>/dev/null\n"
+            f'\\builtin printf \'__CWM_START_%s__%s %s\\n\' {cid} "$__cwm_t" "$__cwm_p"; '
+            f'\\builtin eval "$__cwm_cmd" </dev/null; {{ __cwm_done $? {cid}; }} 2>/dev/null\n'
         ).encode()
         out = _Output(self.output_cap_bytes)
         self._start_marker: bytes | None = f"__CWM_START_{cid}__".encode()
@@ -402,7 +406,9 @@ class BashSession:
         orphans = "1" if self.host.orphans_are_ours else "0"
         end = _End(None, "timeout")
         for sig in ("INT", "KILL"):
-            if not self.host.run_helper(KILL_HELPER, [sig, str(self.shell_pid), str(cutoff), orphans, "0", str(last_pid)], timeout=10):
+            if not self.host.run_helper(
+                KILL_HELPER, [sig, str(self.shell_pid), str(cutoff), orphans, "0", str(last_pid)], timeout=10
+            ):
                 self.host.reset()
             if end.how == "timeout":
                 end = self._collect(marker, out, time.monotonic() + self.interrupt_grace)

@@ -28,11 +28,12 @@ from cwm_agent.agent.config import RunConfig
 from cwm_agent.agent.files import write_text_atomic
 from cwm_agent.agent.run import run_task, size_thread_pool
 from cwm_agent.agent.trajectory import ExitStatus
-from cwm_agent.benchmarks.swebench.dataset import SWEBenchInstance
-from cwm_agent.benchmarks.swebench.images import resolve_image
-from cwm_agent.benchmarks.swebench.tasks import instance_task
 from cwm_agent.model.client import ModelClient
 from cwm_agent.sandbox.base import SandboxError
+from cwm_agent.sandbox.images import docker_client
+from cwm_agent.swebench.dataset import SWEBenchInstance
+from cwm_agent.swebench.images import resolve_image
+from cwm_agent.swebench.tasks import instance_task
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,6 @@ async def run_batch(
 
     `run_id` labels every container of this run (generated when None), so that a caller can
     remove them after an interruption with `cwm_agent.sandbox.cleanup.prune(run_id=...)`."""
-    from cwm_agent.sandbox.images import docker_client
-
     results_path, preds_path = output_dir / "results.jsonl", output_dir / "preds.jsonl"
     results = _read_jsonl(results_path, InstanceRun)
     preds = _read_jsonl(preds_path, Prediction)
@@ -190,7 +189,9 @@ async def run_batch(
                 except Exception as exc:  # noqa: BLE001 - one instance's surprise must not end a six-hour run
                     log.exception("%s: unexpected error", instance.instance_id)
                     outcome = None
-                    record = InstanceRun(instance_id=instance.instance_id, status="harness_error", detail=f"{type(exc).__name__}: {exc}")
+                    record = InstanceRun(
+                        instance_id=instance.instance_id, status="harness_error", detail=f"{type(exc).__name__}: {exc}"
+                    )
                     patch = ""
             if outcome is not None:
                 record = InstanceRun(
@@ -205,7 +206,9 @@ async def run_batch(
                 )
                 patch = outcome.patch or ""
             # The prediction first: a result line is the mark of a finished instance.
-            preds_out.append(Prediction(instance_id=instance.instance_id, model_name_or_path=model_name, model_patch=patch))
+            preds_out.append(
+                Prediction(instance_id=instance.instance_id, model_name_or_path=model_name, model_patch=patch)
+            )
             results_out.append(record)
             progress.done += 1
             progress.submitted += record.submitted

@@ -11,8 +11,10 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cwm_agent.errors import UserError
 
-class DatasetError(ValueError):
+
+class DatasetError(UserError, ValueError):
     """The dataset or predictions could not be loaded; the message says what to do."""
 
 
@@ -90,7 +92,9 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     try:
         return _parse_rows(path)
     except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it the right file?") from None
+        raise DatasetError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it the right file?"
+        ) from None
     except OSError as exc:
         raise DatasetError(f"cannot read {path}: {exc.strerror or exc}.") from None
 

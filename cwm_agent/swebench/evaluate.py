@@ -20,11 +20,13 @@ from typing import Callable, Literal
 from pydantic import BaseModel, Field
 
 from cwm_agent.agent.files import write_text_atomic
-from cwm_agent.benchmarks.swebench.dataset import Prediction, SWEBenchInstance
-from cwm_agent.benchmarks.swebench.grading import EMPTY_PATCH, ERROR, RESOLVED, UNRESOLVED, grade, make_summary
-from cwm_agent.benchmarks.swebench.images import REPO_DIR, resolve_image
-from cwm_agent.benchmarks.swebench.spec import EvalSpec, make_eval_spec
-from cwm_agent.sandbox.base import SandboxConfig, SandboxError
+from cwm_agent.sandbox.base import RunStatus, SandboxConfig, SandboxError
+from cwm_agent.sandbox.docker import DockerSandbox
+from cwm_agent.sandbox.images import docker_client
+from cwm_agent.swebench.dataset import Prediction, SWEBenchInstance
+from cwm_agent.swebench.grading import EMPTY_PATCH, ERROR, RESOLVED, UNRESOLVED, grade, make_summary
+from cwm_agent.swebench.images import REPO_DIR, resolve_image
+from cwm_agent.swebench.spec import EvalSpec, make_eval_spec
 
 # The official harness's order (swebench.harness.run_evaluation.GIT_APPLY_CMDS).
 APPLY_COMMANDS = ["git apply --verbose", "git apply --verbose --reject", "patch --batch --fuzz=5 -p1 -i"]
@@ -75,14 +77,19 @@ def _sandbox_config(image: str, options: EvalOptions) -> SandboxConfig:
     no_index = options.pip_no_index if options.pip_no_index is not None else options.network == "none"
     env = {"PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"} if no_index else {}
     return SandboxConfig(
-        image=image, workdir=REPO_DIR, network=options.network, memory=options.memory, cpus=options.cpus,
-        command_timeout=options.timeout, env=env, output_cap_bytes=1_000_000, run_id=options.run_id,
+        image=image,
+        workdir=REPO_DIR,
+        network=options.network,
+        memory=options.memory,
+        cpus=options.cpus,
+        command_timeout=options.timeout,
+        env=env,
+        output_cap_bytes=1_000_000,
+        run_id=options.run_id,
     )
 
 
 def _make_sandbox(config: SandboxConfig, client):
-    from cwm_agent.sandbox.docker import DockerSandbox
-
     return DockerSandbox(config, client)
 
 
@@ -96,8 +103,6 @@ def evaluate_instance(
 ) -> InstanceResult:
     """Evaluate one patch against one instance; writes the instance's files under `out_dir`/<id>/."""
     from swebench.harness.constants import APPLY_PATCH_FAIL, APPLY_PATCH_PASS
-
-    from cwm_agent.sandbox.base import RunStatus
 
     options = options or EvalOptions()
     started = time.monotonic()
@@ -126,8 +131,6 @@ def evaluate_instance(
         return finish()
 
     if client is None:
-        from cwm_agent.sandbox.images import docker_client
-
         client = docker_client()
     apply_log: list[str] = []
     try:
@@ -147,7 +150,9 @@ def evaluate_instance(
             if not result.apply_command:
                 apply_log.append(f"{APPLY_PATCH_FAIL}\n")
                 write_text_atomic(inst_dir / "apply.log", "".join(apply_log))
-                result.error = f"{APPLY_PATCH_FAIL}: the patch applies neither with git apply nor with patch (see apply.log)"
+                result.error = (
+                    f"{APPLY_PATCH_FAIL}: the patch applies neither with git apply nor with patch (see apply.log)"
+                )
                 return finish()
             apply_log.append(f"{APPLY_PATCH_PASS}\n")
             write_text_atomic(inst_dir / "apply.log", "".join(apply_log))
@@ -174,7 +179,9 @@ def evaluate_instance(
         if not entry["patch_successfully_applied"]:
             # The official harness wrote a report here, so it counts the instance completed and unresolved.
             result.outcome = UNRESOLVED
-            result.error = "The eval script did not reach the tests (test patch failed or script died); see test_output.txt."
+            result.error = (
+                "The eval script did not reach the tests (test patch failed or script died); see test_output.txt."
+            )
         else:
             result.outcome = RESOLVED if entry["resolved"] else UNRESOLVED
         return finish()
@@ -223,8 +230,6 @@ def evaluate_predictions(
         return evaluate_instance(by_id[pred.instance_id], pred.model_patch, out_dir, options, client)
 
     if any(p.model_patch for p in todo):
-        from cwm_agent.sandbox.images import docker_client
-
         client = docker_client()
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="swebench-eval") as pool:
         futures = [pool.submit(one, p) for p in todo]
@@ -241,7 +246,8 @@ def evaluate_predictions(
             raise
         finally:
             summary = make_summary(
-                [i.instance_id for i in instances], [p.instance_id for p in todo],
+                [i.instance_id for i in instances],
+                [p.instance_id for p in todo],
                 {k: r.outcome for k, r in results.items()},
             )
             write_text_atomic(out_dir / "report.json", json.dumps(summary, indent=4) + "\n")
@@ -251,4 +257,6 @@ def evaluate_predictions(
 
 def gold_predictions(instances: list[SWEBenchInstance], model_name: str = "gold") -> list[Prediction]:
     """The dataset's own patches as predictions (the sanity check to run first)."""
-    return [Prediction(instance_id=i.instance_id, model_name_or_path=model_name, model_patch=i.patch) for i in instances]
+    return [
+        Prediction(instance_id=i.instance_id, model_name_or_path=model_name, model_patch=i.patch) for i in instances
+    ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from cwm_agent.benchmarks.swebench.spec import END_TEST_OUTPUT, START_TEST_OUTPUT, EvalSpec, get_log_parser
+from cwm_agent.swebench.spec import END_TEST_OUTPUT, START_TEST_OUTPUT, EvalSpec, get_log_parser
 
 
 def parse_test_log(spec: EvalSpec, log: str) -> tuple[dict[str, str], bool]:
@@ -59,9 +59,7 @@ EMPTY_PATCH = "empty_patch"
 ERROR = "error"
 
 
-def make_summary(
-    dataset_ids: Iterable[str], submitted_ids: Iterable[str], outcomes: dict[str, str]
-) -> dict[str, Any]:
+def make_summary(dataset_ids: Iterable[str], submitted_ids: Iterable[str], outcomes: dict[str, str]) -> dict[str, Any]:
     """The official run report (schema_version 2) from each evaluated instance's outcome.
 
     `outcomes` maps instance id -> resolved | unresolved | empty_patch | error; a submitted

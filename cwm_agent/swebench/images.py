@@ -7,23 +7,18 @@ named `testbed` is activated when the image has /opt/miniconda3.
 
 from __future__ import annotations
 
-import shlex
-from typing import TYPE_CHECKING
+import docker
+import docker.errors
 
-from cwm_agent.sandbox.base import ImageNotFoundError, Sandbox, SandboxError
-
-if TYPE_CHECKING:
-    import docker
-
-    from cwm_agent.benchmarks.swebench.dataset import SWEBenchInstance
+from cwm_agent.sandbox.base import ImageNotFoundError, SandboxError
+from cwm_agent.swebench.dataset import SWEBenchInstance
 
 OFFICIAL_NAMESPACE = "swebench"
 ARCH = "x86_64"
 REPO_DIR = "/testbed"
 
 ACTIVATE_ENV = (
-    "if [ -f /opt/miniconda3/bin/activate ]; then "
-    "source /opt/miniconda3/bin/activate && conda activate testbed; fi"
+    "if [ -f /opt/miniconda3/bin/activate ]; then source /opt/miniconda3/bin/activate && conda activate testbed; fi"
 )
 """Activates the instance's env where the image has one; a no-op in images without conda."""
 
@@ -38,7 +33,7 @@ def official_image_name(instance_id: str, namespace: str = OFFICIAL_NAMESPACE) -
     return f"{namespace}/sweb.eval.{ARCH}.{instance_id.lower()}:latest".replace("__", "_1776_")
 
 
-def candidate_images(instance: "SWEBenchInstance", registry_prefix: str | None = None) -> list[str]:
+def candidate_images(instance: SWEBenchInstance, registry_prefix: str | None = None) -> list[str]:
     """Names to look for, in order: official, local build, the row's own image, then the mirrored official name."""
     names = [official_image_name(instance.instance_id), local_image_name(instance.instance_id)]
     if instance.image:
@@ -48,9 +43,7 @@ def candidate_images(instance: "SWEBenchInstance", registry_prefix: str | None =
     return list(dict.fromkeys(names))
 
 
-def _has_image(client: "docker.DockerClient", name: str) -> bool:
-    import docker.errors
-
+def _has_image(client: docker.DockerClient, name: str) -> bool:
     try:
         client.images.get(name)
         return True
@@ -65,8 +58,8 @@ def _has_image(client: "docker.DockerClient", name: str) -> bool:
 
 
 def resolve_image(
-    instance: "SWEBenchInstance",
-    client: "docker.DockerClient",
+    instance: SWEBenchInstance,
+    client: docker.DockerClient,
     registry_prefix: str | None = None,
     allow_pull: bool = False,
 ) -> str:
@@ -74,8 +67,6 @@ def resolve_image(
 
     Raises ImageNotFoundError naming every image tried and how to get one.
     """
-    import docker.errors
-
     names = candidate_images(instance, registry_prefix)
     for name in names:
         if _has_image(client, name):
@@ -111,41 +102,3 @@ def startup_commands() -> list[str]:
     The check runs inside the container, so it holds for official images (conda) and local ones (none).
     """
     return [ACTIVATE_ENV, f"cd {REPO_DIR}"]
-
-
-def scrub_script(base_commit: str, repo_dir: str = REPO_DIR) -> str:
-    """Bash that drops every commit not reachable from `base_commit`; the working tree is left as it is."""
-    base = shlex.quote(base_commit)
-    return f"""\
-set -e
-cd {shlex.quote(repo_dir)}
-git cat-file -e {base}^{{commit}}
-branch=$(git symbolic-ref --short -q HEAD || echo main)
-case "$branch" in ""|HEAD) branch=main ;; esac
-git update-ref "refs/heads/$branch" {base}
-git symbolic-ref HEAD "refs/heads/$branch"
-git for-each-ref --format='%(refname)' | while read -r ref; do
-  [ "$ref" = "refs/heads/$branch" ] || git update-ref -d "$ref"
-done
-for remote in $(git remote); do git remote remove "$remote"; done
-git reset -q
-git worktree prune
-rm -f .git/ORIG_HEAD .git/FETCH_HEAD .git/MERGE_HEAD .git/CHERRY_PICK_HEAD .git/REVERT_HEAD .git/AUTO_MERGE
-rm -rf .git/logs .git/refs/original .git/rebase-merge .git/rebase-apply
-git reflog expire --expire=now --all
-git -c gc.reflogExpire=now -c gc.reflogExpireUnreachable=now gc --prune=now --quiet
-echo "scrubbed: HEAD=$(git rev-parse HEAD) on $branch, $(git rev-list --all | wc -l) commits"
-"""
-
-
-def scrub_git_history(sandbox: Sandbox, base_commit: str, repo_dir: str = REPO_DIR, timeout: float = 300) -> str:
-    """Before the agent's first turn: make the upstream fix unreadable from git history.
-
-    Afterwards the repository's only ref is a branch at `base_commit` (HEAD on it); other branches,
-    tags, remotes, reflogs and stashes are gone and unreachable objects are pruned. The working tree
-    is untouched (the index is reset to the base commit). Returns the script's output.
-    """
-    result = sandbox.run(f"( {scrub_script(base_commit, repo_dir)} ) 2>&1", timeout=timeout)
-    if result.exit_code != 0:
-        raise SandboxError(f"Scrubbing git history in {repo_dir} failed (exit {result.exit_code}):\n{result.output[-2000:]}")
-    return result.output

@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from cwm_agent.benchmarks.swebench.dataset import SWEBenchInstance
-from cwm_agent.benchmarks.swebench.images import ACTIVATE_ENV, REPO_DIR
+from cwm_agent.errors import UserError
+from cwm_agent.swebench.dataset import SWEBenchInstance
+from cwm_agent.swebench.images import ACTIVATE_ENV, REPO_DIR
+from cwm_agent.swebench.local import LOCAL_REPO_SPECS
 
 START_TEST_OUTPUT = ">>>>> Start Test Output"
 END_TEST_OUTPUT = ">>>>> End Test Output"
@@ -20,7 +22,7 @@ HEREDOC_DELIMITER = "EOF_114329324912"  # the official scripts' delimiter, so sc
 ENV_NAME = "testbed"
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """No eval script can be made for an instance (unknown repo/version and no script in the row)."""
 
 
@@ -77,16 +79,21 @@ def _local_eval_lines(instance: SWEBenchInstance, test_cmd: str) -> list[str]:
 
 def make_eval_spec(instance: SWEBenchInstance) -> EvalSpec:
     """The eval spec of `instance`, without network. Raises SpecError when no script can be made."""
-    from cwm_agent.benchmarks.swebench.local import LOCAL_REPO_SPECS
-
     extra = instance.model_extra or {}
     common = dict(
-        instance_id=instance.instance_id, repo=instance.repo, version=instance.version,
-        FAIL_TO_PASS=list(instance.FAIL_TO_PASS), PASS_TO_PASS=list(instance.PASS_TO_PASS),
+        instance_id=instance.instance_id,
+        repo=instance.repo,
+        version=instance.version,
+        FAIL_TO_PASS=list(instance.FAIL_TO_PASS),
+        PASS_TO_PASS=list(instance.PASS_TO_PASS),
     )
     local = LOCAL_REPO_SPECS.get(instance.repo, {}).get(instance.version)
     if local is not None:
-        return EvalSpec(eval_script=_script(_local_eval_lines(instance, local["test_cmd"])), log_parser=local["log_parser"], **common)
+        return EvalSpec(
+            eval_script=_script(_local_eval_lines(instance, local["test_cmd"])),
+            log_parser=local["log_parser"],
+            **common,
+        )
 
     specs = _official_specs(instance.repo, instance.version)
     if specs is not None:
@@ -97,16 +104,28 @@ def make_eval_spec(instance: SWEBenchInstance) -> EvalSpec:
         row = instance.as_dict()
         lines = make_eval_script_list(row, specs, ENV_NAME, REPO_DIR, instance.base_commit, instance.test_patch)
         test_spec = TestSpec(
-            instance_id=instance.instance_id, repo=instance.repo, version=instance.version,
-            repo_script_list=[], eval_script_list=lines, env_script_list=[], arch="x86_64",
-            FAIL_TO_PASS=common["FAIL_TO_PASS"], PASS_TO_PASS=common["PASS_TO_PASS"],
-            language=MAP_REPO_TO_EXT[instance.repo], docker_specs=specs.get("docker_specs", {}), namespace=None,
+            instance_id=instance.instance_id,
+            repo=instance.repo,
+            version=instance.version,
+            repo_script_list=[],
+            eval_script_list=lines,
+            env_script_list=[],
+            arch="x86_64",
+            FAIL_TO_PASS=common["FAIL_TO_PASS"],
+            PASS_TO_PASS=common["PASS_TO_PASS"],
+            language=MAP_REPO_TO_EXT[instance.repo],
+            docker_specs=specs.get("docker_specs", {}),
+            namespace=None,
         )
-        return EvalSpec(eval_script=test_spec.eval_script, log_parser=f"official:{instance.repo}", test_spec=test_spec, **common)
+        return EvalSpec(
+            eval_script=test_spec.eval_script, log_parser=f"official:{instance.repo}", test_spec=test_spec, **common
+        )
 
     if extra.get("eval_script"):
         # 5.x-style rows carry their own script and parser name.
-        return EvalSpec(eval_script=str(extra["eval_script"]), log_parser=str(extra.get("log_parser") or "pytest"), **common)
+        return EvalSpec(
+            eval_script=str(extra["eval_script"]), log_parser=str(extra.get("log_parser") or "pytest"), **common
+        )
     raise SpecError(
         f"{instance.instance_id}: no eval script for repo {instance.repo!r} version {instance.version!r} "
         "(not in swebench 4.1.0's table nor the local one, and the row has no `eval_script`)."

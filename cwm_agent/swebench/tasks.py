@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from cwm_agent.agent.task import Task
-from cwm_agent.benchmarks.swebench.dataset import SWEBenchInstance
-from cwm_agent.benchmarks.swebench.images import REPO_DIR, startup_commands
+from cwm_agent.swebench.dataset import SWEBenchInstance
+from cwm_agent.swebench.images import REPO_DIR, startup_commands
 
 
 def instance_task(instance: SWEBenchInstance, image: str, kind: str = "patch") -> Task:

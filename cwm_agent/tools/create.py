@@ -41,7 +41,9 @@ class CreateTool:
         if not path:
             return failure("The first line of a create call must be the path of the new file, followed by its content.")
         if path.endswith("/"):
-            return failure(f"{path} ends with `/`; create makes files. Name the file (make directories with `mkdir -p`).")
+            return failure(
+                f"{path} ends with `/`; create makes files. Name the file (make directories with `mkdir -p`)."
+            )
         info = probe_path(ctx, path)
         if info.exists:
             kind = "a directory" if info.is_dir else "a file"

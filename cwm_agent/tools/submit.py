@@ -44,13 +44,17 @@ def decode(data: bytes, path: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise SubmitError(f"Failed to submit {path}: it is not UTF-8 text ({error.reason} at byte {error.start}).") from None
+        raise SubmitError(
+            f"Failed to submit {path}: it is not UTF-8 text ({error.reason} at byte {error.start})."
+        ) from None
 
 
 def check_patch_text(text: str, path: str) -> None:
     """The checks on the text alone: not empty, and a git diff."""
     if not text.strip():
-        raise SubmitError(f"Failed to submit {path}: the file is empty. Write the patch into it (e.g. `git diff > {path}`).")
+        raise SubmitError(
+            f"Failed to submit {path}: the file is empty. Write the patch into it (e.g. `git diff > {path}`)."
+        )
     if not text.startswith("diff"):
         raise SubmitError(
             f"Failed to submit {path}: it is not a git diff (a patch file starts with `diff`, "
@@ -71,7 +75,7 @@ def apply_check_command(repo_dir: str, base: str, patch_path: str) -> str:
     """
     git = f"git -c safe.directory='*' -C {shlex.quote(repo_dir)}"
     return (
-        "( d=$(mktemp -d) && export GIT_INDEX_FILE=\"$d/index\" && "
+        '( d=$(mktemp -d) && export GIT_INDEX_FILE="$d/index" && '
         f"if {git} read-tree {shlex.quote(base)} 2>&1; then "
         f"{git} apply --cached --check -- {shlex.quote(patch_path)} 2>&1 && echo {APPLIES}; "
         f"else echo {NO_BASE}; fi; "
@@ -124,6 +128,8 @@ class SubmitTool:
             return ToolResult(output=test_submission_feedback(text.removesuffix("\n")), ok=True, submission=text)
         check_patch_text(text, path)
         base = ctx.base_commit or "HEAD"
-        check = ctx.sandbox.run(apply_check_command(ctx.repo_dir, base, info.real_path or info.path), timeout=PROBE_TIMEOUT)
+        check = ctx.sandbox.run(
+            apply_check_command(ctx.repo_dir, base, info.real_path or info.path), timeout=PROBE_TIMEOUT
+        )
         read_apply_check(check.output, path, ctx.repo_dir, base)
         return ToolResult(output=submission_feedback(text.removesuffix("\n")), ok=True, submission=text)

@@ -40,15 +40,21 @@ class LocalSource(BaseModel):
 
 SOURCES: dict[str, LocalSource] = {
     "cwm-local/inflection": LocalSource(
-        package="inflection", version="0.5.1", top_dir="inflection-0.5.1",
+        package="inflection",
+        version="0.5.1",
+        top_dir="inflection-0.5.1",
         sha256="1a29730d366e996aaacffb2f1f1cb9593dc38e2ddd30c91250c6dde09ea9b417",
     ),
     "cwm-local/six": LocalSource(
-        package="six", version="1.16.0", top_dir="six-1.16.0",
+        package="six",
+        version="1.16.0",
+        top_dir="six-1.16.0",
         sha256="1e61c37477a1626458e36f7b1d82aa5c9b094fa4802892072e49de9c60c4c926",
     ),
     "cwm-local/more-itertools": LocalSource(
-        package="more-itertools", version="10.2.0", top_dir="more-itertools-10.2.0",
+        package="more-itertools",
+        version="10.2.0",
+        top_dir="more-itertools-10.2.0",
         sha256="8fccb480c43d3e99a00087634c06dd02b0d50fbf088b380de5a41a015ec239e1",
     ),
 }

@@ -16,11 +16,11 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from cwm_agent.benchmarks.swebench.dataset import SWEBenchInstance, load_instances
-from cwm_agent.benchmarks.swebench.images import local_image_name
-from cwm_agent.benchmarks.swebench.local import INSTANCES_FILE, SOURCES, LocalSource, base_diff_path
 from cwm_agent.sandbox.base import SandboxError
 from cwm_agent.sandbox.images import BASE_IMAGE, BuildOptions, build_image, docker_client, image_exists
+from cwm_agent.swebench.dataset import SWEBenchInstance, load_instances
+from cwm_agent.swebench.images import local_image_name
+from cwm_agent.swebench.local import INSTANCES_FILE, SOURCES, LocalSource, base_diff_path
 
 COMMIT_ENV = (
     "GIT_AUTHOR_NAME=cwm-agent GIT_AUTHOR_EMAIL=local@cwm-agent.invalid GIT_AUTHOR_DATE='2024-01-01T00:00:00Z' "
@@ -56,9 +56,20 @@ def fetch_sdist(source: LocalSource, cache: Path | None = None) -> Path:
     matches = [p for p in cache.glob(f"{source.top_dir}.tar.gz")]
     if not matches:
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             "-d", str(cache), f"{source.package}=={source.version}"],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-d",
+                str(cache),
+                f"{source.package}=={source.version}",
+            ],
+            capture_output=True,
+            text=True,
         )
         matches = [p for p in cache.glob(f"{source.top_dir}.tar.gz")]
         if proc.returncode != 0 or not matches:
@@ -70,7 +81,9 @@ def fetch_sdist(source: LocalSource, cache: Path | None = None) -> Path:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != source.sha256:
         path.unlink()
-        raise SandboxError(f"{path.name}: sha256 {digest} does not match the pinned {source.sha256}; removed it, try again.")
+        raise SandboxError(
+            f"{path.name}: sha256 {digest} does not match the pinned {source.sha256}; removed it, try again."
+        )
     return path
 
 
@@ -81,7 +94,10 @@ def _unpack(sdist: Path, top_dir: str, dest: Path) -> None:
 
 
 def build_instance_image(
-    instance: SWEBenchInstance, options: BuildOptions | None = None, base_image: str = BASE_IMAGE, check_commit: bool = True
+    instance: SWEBenchInstance,
+    options: BuildOptions | None = None,
+    base_image: str = BASE_IMAGE,
+    check_commit: bool = True,
 ) -> str:
     """Build (always) the image of one local instance; returns its name."""
     source = SOURCES.get(instance.repo)
@@ -92,11 +108,15 @@ def build_instance_image(
     with tempfile.TemporaryDirectory(prefix="cwm-local-") as tmp:
         _unpack(sdist, source.top_dir, Path(tmp))
         dockerfile = _DOCKERFILE.format(
-            base=base_image, commit_env=COMMIT_ENV, instance_id=instance.instance_id,
+            base=base_image,
+            commit_env=COMMIT_ENV,
+            instance_id=instance.instance_id,
             message=f"{source.package} {source.version} (base of {instance.instance_id})",
             expect=instance.base_commit if check_commit else "",
         )
-        build_image(name, dockerfile, {"src": Path(tmp) / "src", "base.diff": base_diff_path(instance.instance_id)}, options)
+        build_image(
+            name, dockerfile, {"src": Path(tmp) / "src", "base.diff": base_diff_path(instance.instance_id)}, options
+        )
     return name
 
 

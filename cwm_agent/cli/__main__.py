@@ -1,0 +1,3 @@
+from cwm_agent.cli import main
+
+main()
