@@ -55,7 +55,8 @@ def test_standalone_server_rejects_a_bad_script_clearly(tmp_path: Path):
     replies = tmp_path / "replies.yaml"
     replies.write_text("- {fault: explode}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "cwm_agent.model.scripted_server", "--replies", str(replies), "--port", str(free_port())],
+        [sys.executable, "-m", "cwm_agent.model.scripted_server", "--replies", str(replies),
+         "--port", str(free_port())],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 2

@@ -14,7 +14,9 @@ PREAMBLE = (
 )
 SHAPES = {
     "bash": "<tool: bash>\n[command(s)]\n</tool>\n",
-    "edit": "<tool: edit>\n[path]\n<<<<<<< SEARCH\n[search_lines]\n=======\n[replacement_lines]\n>>>>>>> REPLACE\n</tool>\n",
+    "edit": (
+        "<tool: edit>\n[path]\n<<<<<<< SEARCH\n[search_lines]\n=======\n[replacement_lines]\n>>>>>>> REPLACE\n</tool>\n"
+    ),
     "create": "<tool: create>\n[path]\n[content]\n</tool>\n",
     "submit": "<tool: submit>\n[result]\n</tool>\n",
 }

@@ -15,15 +15,18 @@ def write_trajectory(path: Path, finished: bool = True) -> None:
     writer.write(Header(run_id="r1", started_at=0.0, versions={"model": "cwm"}, task={"task_id": "demo-1"}, config={},
                         reasoning=True, system_prompt="SYSTEM", user_prompt="Fix the bug in calc.py"))  # fmt: skip
     listing = "\n".join(f"line {i}" for i in range(100))
+    budget = "<budget>\n* Remaining turns: 9\n</budget>"
     writer.write(Turn(index=1, raw="look\n</think>\n<tool: bash>\nseq 100\n</tool>", thinking="I should look first",
                       action=Action(tool="bash", body="seq 100"), tool_ok=True,
-                      observation=Message(role="tool: bash", content=f"<output>\n{listing}\n</output>\n\n<budget>\n* Remaining turns: 9\n</budget>"),
-                      tokens=TokenCounts(prompt=100, completion=20, cached=64), model_seconds=1.5, tool_seconds=0.25))  # fmt: skip
+                      observation=Message(role="tool: bash", content=f"<output>\n{listing}\n</output>\n\n{budget}"),
+                      tokens=TokenCounts(prompt=100, completion=20, cached=64), model_seconds=1.5,
+                      tool_seconds=0.25))  # fmt: skip
     writer.write(Turn(index=2, raw="oops", format_error="MissingThinkEnd: close your thinking",
                       observation=Message(role="user", content="MissingThinkEnd: close your thinking")))  # fmt: skip
     if finished:
+        diff = "diff --git a/calc.py b/calc.py\n-    return a - b\n+    return a + b\n"
         writer.write(Result(exit_status=ExitStatus.TURN_LIMIT, detail="reached the limit of 2 turns", turns=2,
-                            final_diff="diff --git a/calc.py b/calc.py\n-    return a - b\n+    return a + b\n"))  # fmt: skip
+                            final_diff=diff))  # fmt: skip
     writer.close()
 
 

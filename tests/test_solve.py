@@ -126,7 +126,8 @@ SOLVING = [
         "Write the patch.",
     ),
     call("submit", "/tmp/fix.patch", "The patch has the fix and the new test."),
-    "The patch was accepted.\n</think>\nFixed clamp: values above `high` now return `high`; added tests/test_clamp_bounds.py.",
+    "The patch was accepted.\n</think>\n"
+    "Fixed clamp: values above `high` now return `high`; added tests/test_clamp_bounds.py.",
 ]
 
 
@@ -345,9 +346,8 @@ def test_solve_max_turns_zero_is_refused_not_ignored(tmp_path, repo, idle_server
 
 
 def test_a_run_without_a_patch_removes_an_earlier_runs_patch_file(tmp_path):
-    from cwm_agent.cli.solve import write_outputs
-
     from cwm_agent.agent.run import RunOutcome
+    from cwm_agent.cli.solve import write_outputs
 
     earlier = RunOutcome(
         "t", ExitStatus.SUBMITTED, "", "diff --git a/x b/x\n", "d1", 3, 10, 5, 1.0, tmp_path / "t.jsonl"

@@ -320,9 +320,10 @@ def test_bad_inputs_exit_2_with_one_line(model, tmp_path):
     a_file = tmp_path / "not-a-dir"
     a_file.write_text("keep me\n")
     cases = {
-        "does not exist": ["--dataset", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o1"), "--model-url", server.url],
-        "nope__nope-1": ["--dataset", str(INSTANCES_FILE), "--instance-ids", "nope__nope-1", "--output", str(tmp_path / "o2"),
-                         "--model-url", server.url],
+        "does not exist": ["--dataset", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o1"),
+                           "--model-url", server.url],
+        "nope__nope-1": ["--dataset", str(INSTANCES_FILE), "--instance-ids", "nope__nope-1",
+                         "--output", str(tmp_path / "o2"), "--model-url", server.url],
         "is a file": ["--dataset", str(INSTANCES_FILE), "--output", str(a_file), "--model-url", server.url],
         "cannot write the run directory": ["--dataset", str(INSTANCES_FILE), "--output", str(a_file / "run"),
                                            "--model-url", server.url],

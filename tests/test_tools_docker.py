@@ -82,7 +82,8 @@ def test_bash_timeout_and_dead_session_are_reported(ctx):
 def test_edit_through_sandbox_keeps_mode_and_resolves_relative_paths(ctx):
     bash(
         ctx,
-        "mkdir -p /tmp/e1/pkg && printf 'import os\\n\\nprint(1)\\nprint(2)\\n' > /tmp/e1/pkg/run.py && chmod 755 /tmp/e1/pkg/run.py",
+        "mkdir -p /tmp/e1/pkg && printf 'import os\\n\\nprint(1)\\nprint(2)\\n' > /tmp/e1/pkg/run.py "
+        "&& chmod 755 /tmp/e1/pkg/run.py",
     )
     bash(ctx, "cd /tmp/e1")
     result = run_tool("edit", "pkg/run.py\n<<<<<<< SEARCH\nprint(2)\n=======\nprint(3)\nprint(4)\n>>>>>>> REPLACE", ctx)
@@ -168,7 +169,8 @@ def test_submit_patch_against_another_base_is_rejected_with_gits_reason(ctx):
         ctx,
         "rm -rf /tmp/other && mkdir /tmp/other && cd /tmp/other && git init -q && printf 'a\\nb\\nc\\n' > f.txt && "
         "git add f.txt && git commit -qm one && git rev-parse HEAD > /tmp/other-base && "
-        "printf 'a\\nB\\nc\\n' > f.txt && git commit -qam two && printf 'a\\nBB\\nc\\n' > f.txt && git diff > /tmp/other.diff",
+        "printf 'a\\nB\\nc\\n' > f.txt && git commit -qam two && printf 'a\\nBB\\nc\\n' > f.txt "
+        "&& git diff > /tmp/other.diff",
     )
     base = bash(ctx, "cat /tmp/other-base")
     other = ToolContext(sandbox=ctx.sandbox, repo_dir="/tmp/other", base_commit=base, command_timeout=30)

@@ -12,7 +12,10 @@ from cwm_agent.errors import UserError
 from cwm_agent.sandbox.base import Sandbox, SandboxError
 
 # Untracked files never worth a diff: caches, build metadata, and patch files (the submission itself).
-JUNK_PATTERN = r"(^|/)(__pycache__|\.pytest_cache|\.mypy_cache|\.ruff_cache|\.tox|\.nox|\.eggs|[^/]*\.egg-info)(/|$)|\.py[cod]$|\.(diff|patch|orig|rej)$"
+JUNK_PATTERN = (
+    r"(^|/)(__pycache__|\.pytest_cache|\.mypy_cache|\.ruff_cache|\.tox|\.nox|\.eggs|[^/]*\.egg-info)(/|$)"
+    r"|\.py[cod]$|\.(diff|patch|orig|rej)$"
+)
 
 
 DIFF_FILE = "/tmp/.cwm-agent-final.diff"

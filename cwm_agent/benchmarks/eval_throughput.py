@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     client = docker_client()
     measure(1, 1, client)  # warm-up: page cache, image layers
     print(
-        f"{'workers':>7} {'evals':>5} {'wall s':>7} {'inst/min':>8} {'total s/inst':>12} {'tests s/inst':>12} {'overhead s/inst':>15} {'overhead/total':>14}"
+        f"{'workers':>7} {'evals':>5} {'wall s':>7} {'inst/min':>8} {'total s/inst':>12} {'tests s/inst':>12} "
+        f"{'overhead s/inst':>15} {'overhead/total':>14}"
     )
     for workers in args.workers:
         wall, results = measure(workers, args.rounds, client)

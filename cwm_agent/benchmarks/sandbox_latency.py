@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     if fastest_exec is not None:
         speedup = fastest_exec / session.p50
         print(
-            f"goal >= {SPEEDUP_GOAL:g}x faster than the fastest docker exec: {'met' if speedup >= SPEEDUP_GOAL else 'NOT met'} ({speedup:.0f}x)"
+            f"goal >= {SPEEDUP_GOAL:g}x faster than the fastest docker exec: "
+            f"{'met' if speedup >= SPEEDUP_GOAL else 'NOT met'} ({speedup:.0f}x)"
         )
     return 0
 

@@ -126,7 +126,8 @@ def solve(
         except KeyboardInterrupt:
             sweep_run(run_id)
             err.print(
-                f"interrupted: the container was removed; the partial trajectory is in {output_dir / 'trajectory.jsonl'}"
+                "interrupted: the container was removed; the partial trajectory is in "
+                f"{output_dir / 'trajectory.jsonl'}"
             )
             raise typer.Exit(143 if terminated else 130) from None
         except (RepoError, SandboxError, ModelError) as exc:
@@ -188,7 +189,8 @@ def demo(
         raise _fail(str(exc)) from None
     colour = "green" if result.outcome == "resolved" else "red"
     out.print(
-        f"[bold]evaluation[/bold]  [{colour}]{result.outcome}[/{colour}] {escape(result.error)} (log: {output_dir / 'eval' / instance.instance_id})"
+        f"[bold]evaluation[/bold]  [{colour}]{result.outcome}[/{colour}] {escape(result.error)} "
+        f"(log: {output_dir / 'eval' / instance.instance_id})"
     )
     raise typer.Exit(0 if result.outcome == "resolved" else 1)
 

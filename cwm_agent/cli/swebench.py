@@ -64,7 +64,8 @@ def eval_command(
     unknown = [p.instance_id for p in preds if p.instance_id not in known]
     if unknown and not instance_ids:
         err.print(
-            f"[yellow]warning:[/yellow] {len(unknown)} predictions are not in {dataset} and are skipped: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
+            f"[yellow]warning:[/yellow] {len(unknown)} predictions are not in {dataset} and are skipped: "
+            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
         )
     preds = [p for p in preds if p.instance_id in known]
     if not preds:
@@ -88,7 +89,8 @@ def eval_command(
         colour = {"resolved": "green", "unresolved": "yellow", "empty_patch": "yellow"}.get(result.outcome, "red")
         detail = f"  {escape(result.error.splitlines()[0][:160])}" if result.error else ""
         err.print(
-            f"[{done}/{len(preds)}] {result.instance_id}: [{colour}]{result.outcome}[/{colour}] ({result.total_s:.1f} s){detail}",
+            f"[{done}/{len(preds)}] {result.instance_id}: [{colour}]{result.outcome}[/{colour}] "
+            f"({result.total_s:.1f} s){detail}",
             highlight=False,
             soft_wrap=True,
         )

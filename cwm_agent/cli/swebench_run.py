@@ -136,5 +136,6 @@ def run_command(
         f"predictions: {output / 'preds.jsonl'}"
     )
     typer.echo(
-        f"evaluate them with: cwm-agent swebench eval --predictions {output / 'preds.jsonl'} --dataset {dataset} --output {output / 'eval'}"
+        f"evaluate them with: cwm-agent swebench eval --predictions {output / 'preds.jsonl'} "
+        f"--dataset {dataset} --output {output / 'eval'}"
     )

@@ -416,7 +416,8 @@ class ScriptedServer:
             return Reply(self.fallback)
         raise _NoReply(
             500,
-            f"scripted server: no reply left for generation request #{request.index} (the script had {len(self.script)})",
+            f"scripted server: no reply left for generation request #{request.index} "
+            f"(the script had {len(self.script)})",
         )
 
     def _record(self, record: RecordedRequest) -> None:

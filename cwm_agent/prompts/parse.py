@@ -161,9 +161,9 @@ def parse_reply(
     """Parse a reply as the server returned it (the prompt ended with `<think>\\n` in reasoning mode).
 
     Reasoning on: exactly one `</think>`; the action is what follows it and must not open
-    another `<think>` outside the tool call's body. The action holds at most one `<tool: NAME>\\nBODY\\n</tool>` call, no
-    stray tool tags, and a non-blank body. A reply without any call comes back with
-    `tool_call=None` (a final response) unless `require_tool_call`, which raises NoToolCall.
+    another `<think>` outside the tool call's body. The action holds at most one
+    `<tool: NAME>\\nBODY\\n</tool>` call, no stray tool tags, and a non-blank body. A reply without any call
+    comes back with `tool_call=None` (a final response) unless `require_tool_call`, which raises NoToolCall.
     Raises only `FormatError` subclasses.
     """
     thinking: str | None = None

@@ -29,7 +29,8 @@ _BASE_DOCKERFILE = """\
 FROM {root}
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
 RUN apt-get update \\
- && apt-get install -y --no-install-recommends bash coreutils procps git python3 python3-venv python3-pytest patch ca-certificates \\
+ && apt-get install -y --no-install-recommends \\
+    bash coreutils procps git python3 python3-venv python3-pytest patch ca-certificates \\
  && rm -rf /var/lib/apt/lists/*
 RUN git config --system user.email agent@cwm-agent.invalid \\
  && git config --system user.name cwm-agent \\

@@ -279,7 +279,8 @@ class BashSession:
                 *(f"export {k}={shlex.quote(v)}" for k, v in self.env.items()),
                 f"cd {shlex.quote(self.workdir)} 2>/dev/null || cd /",
                 "__cwm_u=0 __cwm_g=0",
-                "while read -r __k __a __b __r; do case $__k in Uid:) __cwm_u=$__b;; Gid:) __cwm_g=$__b;; esac; done < /proc/$$/status",
+                "while read -r __k __a __b __r; do case $__k in Uid:) __cwm_u=$__b;; Gid:) __cwm_g=$__b;; esac; "
+                "done < /proc/$$/status",
                 "read -r __cwm_up __r < /proc/uptime",
                 f'printf \'{ready} %s %s %s %s\\n\' "$$" "$__cwm_up" "$__cwm_u" "$__cwm_g"',
                 "unset __k __a __b __r __cwm_u __cwm_g __cwm_up",
@@ -341,7 +342,8 @@ class BashSession:
             f"__cwm_id={cid}\n"
             f"IFS= \\builtin read -r -d '' __cwm_cmd <<'{delimiter}' || \\builtin true\n{body}{delimiter}\n"
             # When the command starts, on the clock of /proc/PID/stat: what it starts is what a timeout stops.
-            f"\\builtin read -r __cwm_t __cwm_r </proc/uptime; \\builtin read -r __cwm_r __cwm_r __cwm_r __cwm_r __cwm_p </proc/loadavg; "
+            "\\builtin read -r __cwm_t __cwm_r </proc/uptime; "
+            "\\builtin read -r __cwm_r __cwm_r __cwm_r __cwm_r __cwm_p </proc/loadavg; "
             f'\\builtin printf \'__CWM_START_%s__%s %s\\n\' {cid} "$__cwm_t" "$__cwm_p"; '
             f'\\builtin eval "$__cwm_cmd" </dev/null; {{ __cwm_done $? {cid}; }} 2>/dev/null\n'
         ).encode()

@@ -230,7 +230,8 @@ def load_instances(
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise DatasetError(
-                f"{source}: row {number} ({row.get('instance_id', '?')}) is not a SWE-bench instance: {where}: {first['msg']}."
+                f"{source}: row {number} ({row.get('instance_id', '?')}) is not a SWE-bench instance: "
+                f"{where}: {first['msg']}."
             ) from None
 
     if instance_ids:

@@ -30,7 +30,8 @@ COMMIT_ENV = (
 _DOCKERFILE = """\
 FROM {base}
 # The base image normally has pytest already; older ones get it from Debian.
-RUN command -v pytest >/dev/null || (apt-get update && apt-get install -y --no-install-recommends python3-pytest && rm -rf /var/lib/apt/lists/*)
+RUN command -v pytest >/dev/null \\
+ || (apt-get update && apt-get install -y --no-install-recommends python3-pytest && rm -rf /var/lib/apt/lists/*)
 COPY src /testbed
 COPY base.diff /tmp/base.diff
 WORKDIR /testbed

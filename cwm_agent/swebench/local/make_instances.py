@@ -20,7 +20,8 @@ from cwm_agent.swebench.dataset import SWEBenchInstance
 from cwm_agent.swebench.local import INSTANCES_FILE, LOCAL_REPO_SPECS, SOURCES, base_diff_path
 from cwm_agent.swebench.local.build import _unpack, build_instance_image, fetch_sdist
 
-# instance_id -> repo, problem statement, source edits (file, released text, buggy text), test edits (file, released, held back)
+# instance_id -> repo, problem statement, source edits (file, released text, buggy text),
+# test edits (file, released, held back)
 DEFINITIONS = {
     "cwm-local__inflection-1": dict(
         repo="cwm-local/inflection",
@@ -43,7 +44,9 @@ DEFINITIONS = {
         source=[
             (
                 "six.py",
-                "        if slots is not None:\n            if isinstance(slots, str):\n                slots = [slots]\n            for slots_var in slots:\n",
+                "        if slots is not None:\n            if isinstance(slots, str):\n"
+                "                slots = [slots]\n"
+                "            for slots_var in slots:\n",
                 "        if slots is not None:\n            for slots_var in slots:\n",
             )
         ],
@@ -67,15 +70,23 @@ DEFINITIONS = {
         repo="cwm-local/more-itertools",
         problem=(
             "split_at drops a separator when maxsplit and keep_separator are combined\n\n"
-            "```python\n>>> list(split_at([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], lambda x: x % 3 == 0, maxsplit=2, keep_separator=True))\n"
+            "```python\n"
+            ">>> list(split_at([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], lambda x: x % 3 == 0, "
+            "maxsplit=2, keep_separator=True))\n"
             "[[1, 2], [3], [4, 5], [7, 8, 9, 10]]\n```\n"
             "The separator `[6]` at the last split is missing; expected `[[1, 2], [3], [4, 5], [6], [7, 8, 9, 10]]`.\n"
         ),
         source=[
             (
                 "more_itertools/more.py",
-                "            yield buf\n            if keep_separator:\n                yield [item]\n            if maxsplit == 1:\n                yield list(it)\n                return\n            buf = []\n            maxsplit -= 1\n",
-                "            yield buf\n            if maxsplit == 1:\n                yield list(it)\n                return\n            if keep_separator:\n                yield [item]\n            buf = []\n            maxsplit -= 1\n",
+                "            yield buf\n            if keep_separator:\n                yield [item]\n"
+                "            if maxsplit == 1:\n                yield list(it)\n"
+                "                return\n"
+                "            buf = []\n            maxsplit -= 1\n",
+                "            yield buf\n            if maxsplit == 1:\n                yield list(it)\n"
+                "                return\n"
+                "            if keep_separator:\n                yield [item]\n"
+                "            buf = []\n            maxsplit -= 1\n",
             )
         ],
         tests=[
@@ -191,7 +202,8 @@ def main() -> None:
         instance.PASS_TO_PASS = sorted(t for t, s in after.items() if s in passed and before.get(t) in passed)
         assert instance.FAIL_TO_PASS, f"{instance_id}: no test fails before the gold patch"
         print(
-            f"{instance_id}: base {head[:10]}, {len(instance.FAIL_TO_PASS)} FAIL_TO_PASS, {len(instance.PASS_TO_PASS)} PASS_TO_PASS"
+            f"{instance_id}: base {head[:10]}, {len(instance.FAIL_TO_PASS)} FAIL_TO_PASS, "
+            f"{len(instance.PASS_TO_PASS)} PASS_TO_PASS"
         )
         row = instance.model_dump()
         row["FAIL_TO_PASS"] = json.dumps(row["FAIL_TO_PASS"])  # the classic schema's string form
