@@ -3,7 +3,8 @@
 Official instances get the eval script of swebench 4.1.0 (`make_eval_script_list` over its
 repo/version table), built offline: `make_test_spec` also builds environment scripts, which fetch
 requirement files from GitHub for some repos, and evaluation does not need them. Local instances get
-a script of the same shape from their own table; 5.x-style rows bring their own `eval_script`.
+a script of the same shape from their own table, or from the row's own `test_cmd` (+ `log_parser`);
+5.x-style rows bring their own `eval_script`.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def make_eval_spec(instance: SWEBenchInstance) -> EvalSpec:
         PASS_TO_PASS=list(instance.PASS_TO_PASS),
     )
     local = LOCAL_REPO_SPECS.get(instance.repo, {}).get(instance.version)
+    if extra.get("test_cmd") and not extra.get("eval_script"):
+        # A row that names its own test command (e.g. `forage tasks`) gets the local script shape with it.
+        local = {"test_cmd": str(extra["test_cmd"]), "log_parser": str(extra.get("log_parser") or "pytest")}
     if local is not None:
         return EvalSpec(
             eval_script=_script(_local_eval_lines(instance, local["test_cmd"])),
