@@ -112,15 +112,21 @@ def default_release() -> Path:
 
 
 def default_tokenizer_model() -> Path | None:
-    """Llama 3's tiktoken file from the installed `llama_models` package (not imported), or None."""
-    spec = importlib.util.find_spec("llama_models")
-    if spec is None or not spec.submodule_search_locations:
+    """Llama 3's tiktoken file, found as the project finds it (`cwm_agent.model.tokenizer.find_bpe_file`:
+    an installed `llama_models`, else the fetch cache), or None when there is none."""
+    try:
+        from cwm_agent.model.tokenizer import find_bpe_file
+    except ImportError:  # the project's module moved: look in llama_models only
+        spec = importlib.util.find_spec("llama_models")
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            for rel in ("llama3/tokenizer.model", "llama3/api/tokenizer.model"):
+                if (Path(root) / rel).is_file():
+                    return Path(root) / rel
         return None
-    for root in spec.submodule_search_locations:
-        for rel in ("llama3/tokenizer.model", "llama3/api/tokenizer.model"):
-            if (Path(root) / rel).is_file():
-                return Path(root) / rel
-    return None
+    try:
+        return find_bpe_file()
+    except Exception:  # TokenizerNotFoundError
+        return None
 
 
 def missing_requirement(release: Path, tokenizer_model: Path | None) -> str | None:
@@ -130,7 +136,7 @@ def missing_requirement(release: Path, tokenizer_model: Path | None) -> str | No
     if importlib.util.find_spec("tiktoken") is None:
         return "tiktoken is not installed (pip install tiktoken)"
     if tokenizer_model is None:
-        return "Llama 3's tokenizer file is missing: pip install --no-deps llama-models"
+        return "Llama 3's tokenizer.model is missing: run `python -m cwm_agent.model.tokenizer fetch`"
     if not tokenizer_model.is_file():
         return f"tokenizer file {tokenizer_model} does not exist"
     return None
@@ -224,44 +230,43 @@ def load_cwm(release: Path) -> _Cwm:
     root_logger = logging.getLogger()
     saved_logging = (root_logger.level, list(root_logger.handlers))
     saved_bytecode = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True  # leave the release checkout as it is
-    quiet = warnings.catch_warnings()
-    quiet.__enter__()
-    warnings.simplefilter("ignore", DeprecationWarning)  # invalid escapes in its string literals
-    warnings.simplefilter("ignore", SyntaxWarning)
-    try:
-        for name in saved_modules:
-            del sys.modules[name]
-        sys.modules.update(_stub_modules())
-        sys.path.insert(0, str(release))
-        import_module = importlib.import_module
-        envs_pkg = import_module("cwm.rl.envs")
-        envs = types.ModuleType("cwm.rl.envs.envs")
-        envs.__path__ = [str(release / "cwm" / "rl" / "envs" / "envs")]
-        envs.__package__ = "cwm.rl.envs.envs"
-        sys.modules["cwm.rl.envs.envs"] = envs
-        envs_pkg.envs = envs  # type: ignore[attr-defined]
-        cwm = _Cwm(
-            patch_env=import_module("cwm.rl.envs.envs.swerl_tool"),
-            test_env=import_module("cwm.rl.envs.envs.swerl_testgen_tool"),
-            env_config=import_module("cwm.rl.envs.config"),
-            tokenizers=import_module("cwm.text.tokenizers"),
-            default_backends=import_module("cwm.rl.swerl.default_backends"),
-            modal_backend=import_module("cwm.rl.swerl.modal_backend"),
-            tools=import_module("cwm.rl.swerl.tools"),
-            session=import_module("cwm.rl.swerl.remote.session"),
-            eval_backend=import_module("cwm.rl.swerl.eval_backend.eval"),
-        )
-    finally:
-        quiet.__exit__(None, None, None)
-        sys.dont_write_bytecode = saved_bytecode
-        for name in [n for n in sys.modules if _is_swapped(n)]:
-            del sys.modules[name]
-        sys.modules.update(saved_modules)
-        sys.path[:] = saved_path
-        # The patch env's module configures the root logger at DEBUG on import; undo that.
-        root_logger.setLevel(saved_logging[0])
-        root_logger.handlers[:] = saved_logging[1]
+    with warnings.catch_warnings():
+        # Its string literals have invalid escapes; compiling them warns.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", SyntaxWarning)
+        try:
+            sys.dont_write_bytecode = True  # leave the release checkout as it is
+            for name in saved_modules:
+                del sys.modules[name]
+            sys.modules.update(_stub_modules())
+            sys.path.insert(0, str(release))
+            import_module = importlib.import_module
+            envs_pkg = import_module("cwm.rl.envs")
+            envs = types.ModuleType("cwm.rl.envs.envs")
+            envs.__path__ = [str(release / "cwm" / "rl" / "envs" / "envs")]
+            envs.__package__ = "cwm.rl.envs.envs"
+            sys.modules["cwm.rl.envs.envs"] = envs
+            envs_pkg.envs = envs  # type: ignore[attr-defined]
+            cwm = _Cwm(
+                patch_env=import_module("cwm.rl.envs.envs.swerl_tool"),
+                test_env=import_module("cwm.rl.envs.envs.swerl_testgen_tool"),
+                env_config=import_module("cwm.rl.envs.config"),
+                tokenizers=import_module("cwm.text.tokenizers"),
+                default_backends=import_module("cwm.rl.swerl.default_backends"),
+                modal_backend=import_module("cwm.rl.swerl.modal_backend"),
+                tools=import_module("cwm.rl.swerl.tools"),
+                session=import_module("cwm.rl.swerl.remote.session"),
+                eval_backend=import_module("cwm.rl.swerl.eval_backend.eval"),
+            )
+        finally:
+            sys.dont_write_bytecode = saved_bytecode
+            for name in [n for n in sys.modules if _is_swapped(n)]:
+                del sys.modules[name]
+            sys.modules.update(saved_modules)
+            sys.path[:] = saved_path
+            # The patch env's module configures the root logger at DEBUG on import; undo that.
+            root_logger.setLevel(saved_logging[0])
+            root_logger.handlers[:] = saved_logging[1]
     _LOADED[release] = cwm
     return cwm
 
@@ -294,14 +299,18 @@ def _owner_start_ticks() -> str:
 def start_container(image: str) -> str:
     """Start a container like a Modal sandbox (workdir "/", no network) and return its name."""
     name = f"cwm-reference-{uuid.uuid4().hex[:12]}"
-    _docker(
-        "run", "-d", "--name", name, "--network", "none", "--workdir", "/", "--entrypoint", "",
-        "--label", f"{PROJECT_LABEL}={PROJECT_VALUE}",
-        "--label", f"{OWNER_PID_LABEL}={os.getpid()}",
-        "--label", f"{OWNER_HOST_LABEL}={socket.gethostname()}",
-        "--label", f"{OWNER_START_LABEL}={_owner_start_ticks()}",
-        image, "sleep", "infinity",
-    )  # fmt: skip
+    try:
+        _docker(
+            "run", "-d", "--name", name, "--network", "none", "--workdir", "/", "--entrypoint", "",
+            "--label", f"{PROJECT_LABEL}={PROJECT_VALUE}",
+            "--label", f"{OWNER_PID_LABEL}={os.getpid()}",
+            "--label", f"{OWNER_HOST_LABEL}={socket.gethostname()}",
+            "--label", f"{OWNER_START_LABEL}={_owner_start_ticks()}",
+            image, "sleep", "infinity",
+        )  # fmt: skip
+    except BaseException:
+        remove_container(name)  # a container that was created but did not start
+        raise
     return name
 
 
@@ -366,10 +375,6 @@ class _LoopThread:
         self._thread.join(10)
         if not self._thread.is_alive():
             self.loop.close()
-
-
-class _SandboxGone(Exception):
-    pass
 
 
 class DockerSandbox:
@@ -577,12 +582,8 @@ def run_reference(
     recorder = _GradeRecorder()
     backend_class = _local_backend_class(cwm)
     container = start_container(image)
-    sandbox = DockerSandbox(container)
-    # CWM's code asks for this python for its plugins; images without it run them with python3.
-    has_default_python = (
-        subprocess.run(["docker", "exec", container, "test", "-x", cwm.default_backends.DEFAULT_PYTHON_PATH]).returncode
-        == 0
-    )
+    sandbox: DockerSandbox | None = None
+    has_default_python = False
 
     def get_backend(**kwargs: Any) -> Any:
         if not has_default_python:
@@ -605,6 +606,10 @@ def run_reference(
     saved = {name: getattr(env_module, name) for name in patches}
     state = None
     try:
+        sandbox = DockerSandbox(container)
+        # CWM's code asks for this python for its plugins; images without it run them with python3.
+        probe = ["docker", "exec", container, "test", "-x", cwm.default_backends.DEFAULT_PYTHON_PATH]
+        has_default_python = subprocess.run(probe).returncode == 0
         put_repository(container, repo_dir, repo_files if repo_files is not None else DEFAULT_REPO_FILES)
         for name, value in patches.items():
             setattr(env_module, name, value)
@@ -648,6 +653,7 @@ def run_reference(
         try:
             if state is not None:
                 state.close()
-            sandbox.close()
+            if sandbox is not None:
+                sandbox.close()
         finally:
             remove_container(container)

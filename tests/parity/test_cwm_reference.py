@@ -7,6 +7,7 @@ what /work/shared/CWM_FACTS.md says, a test here fails and names the fact.
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
 
@@ -15,6 +16,7 @@ from .cwm_reference import (
     ReferenceEpisode,
     default_release,
     default_tokenizer_model,
+    load_cwm,
     load_tokenizer,
     missing_requirement,
     run_reference,
@@ -79,6 +81,26 @@ def remaining_tokens(episode: ReferenceEpisode, step: int, tool: str, output: st
     return context_size - through_reply - len(message)
 
 
+def run(replies: list[str], image: str, **kwargs) -> ReferenceEpisode:
+    return run_reference(RELEASE, replies, issue=ISSUE, image=image, tokenizer_model=TOKENIZER, **kwargs)
+
+
+def tool_output(body: str) -> str:
+    """RESULT of a tool message body `<output>\nRESULT\n</output>\n\n<budget>...`."""
+    assert body.startswith("<output>\n"), body[:40]
+    return body[len("<output>\n") : body.rindex("\n</output>\n\n<budget>")]
+
+
+def assert_tool_messages(episode: ReferenceEpisode, max_turns: int = 128, context_size: int = 131072) -> None:
+    """Every tool message is the wrapped output and the budget block, with the facts sheet's numbers."""
+    observations = [m for m in episode.messages[2:] if m[0] != "assistant"]
+    for step, (role, body) in enumerate(observations):
+        if role.startswith("tool: "):
+            output = tool_output(body)
+            tokens = remaining_tokens(episode, step, role.removeprefix("tool: "), output, context_size)
+            assert body == tool_body(output, max_turns - step - 1, tokens), (step, body)
+
+
 @pytest.fixture(scope="module")
 def image() -> str:
     probe = subprocess.run(["docker", "image", "inspect", DEFAULT_IMAGE], capture_output=True)
@@ -115,6 +137,24 @@ def assert_layout(episode: ReferenceEpisode) -> None:
     assert [r for r, _ in episode.messages[:3]] == ["system", "user", "assistant"]
 
 
+def test_import_leaves_the_interpreter_as_it_was():
+    path, modules = list(sys.path), dict(sys.modules)
+    cwm = load_cwm(RELEASE)
+    assert sys.path == path
+    assert not any(name == "cwm" or name.startswith("cwm.") for name in sys.modules)
+    assert all(sys.modules.get(name) is module for name, module in modules.items() if name in ("modal", "unidiff"))
+    assert cwm.patch_env.__file__.startswith(str(RELEASE.resolve()))
+    # The registered configs are the ones the runner uses.
+    config = cwm.env_config.get_env_config("swerl_tool_env:think_tag:modal:eval").init_kwargs["config"]
+    assert (config.think, config.use_think_tag, config.strict_format, config.block_network) == (True, True, False, True)
+    assert (config.max_turns, config.context_size, config.session_timeout, config.sandbox_timeout) == (
+        128,
+        131072,
+        120,
+        7200,
+    )
+
+
 def test_patch_episode_matches_the_facts(image):
     replies = [
         call("bash", "ls"),
@@ -131,8 +171,9 @@ def test_patch_episode_matches_the_facts(image):
         call("submit", "/tmp/fix.diff"),
         reply("## Summary\nFixed `add`.", thought="Done."),
     ]
-    ep = run_reference(RELEASE, replies, issue=ISSUE, image=image, config={"session_timeout": 2}, tokenizer_model=TOKENIZER)
+    ep = run(replies, image, config={"session_timeout": 2})
     assert_layout(ep)
+    assert_tool_messages(ep)
     msgs = ep.messages
     # Each reply continues the "<think>\n" prefix of its assistant message.
     assistants = [b for r, b in msgs if r == "assistant"]
@@ -142,30 +183,27 @@ def test_patch_episode_matches_the_facts(image):
     assert len(obs) == len(replies) - 1  # the last reply ended the episode
 
     # ls: the final newline of the output is kept, the budget follows a blank line.
-    tokens = remaining_tokens(ep, 0, "bash", "README.md\ncalc\n", 131072)
-    assert obs[0] == ("tool: bash", tool_body("README.md\ncalc\n", 127, tokens))
+    assert obs[0][0] == "tool: bash" and tool_output(obs[0][1]) == "README.md\ncalc\n"
     # A timeout drops the partial output, kills the rest of the command line, and resets the directory.
     role, body = obs[2]
     assert role == "tool: bash" and "partial" not in body
-    assert body.startswith("<output>\nThe current session has terminated due to timeout.")
-    assert body.endswith(".\n</output>\n\n" + budget_text(125, int(body.rsplit(": ", 1)[1].split("\n")[0])))
-    assert obs[3][1].startswith("<output>\n/testbed\nls: cannot access '/tmp/after': No such file or directory\n\n</output>")
+    assert tool_output(body).startswith("The current session has terminated due to timeout.")
+    assert tool_output(body).endswith(".")
+    assert tool_output(obs[3][1]) == "/testbed\nls: cannot access '/tmp/after': No such file or directory\n"
     # edit and create print their messages, ending in a newline.
-    assert obs[4][0] == "tool: edit" and "\n</output>\n\n<budget>" in obs[4][1]
-    assert obs[4][1].split("\n</output>")[0].endswith("\n")
-    assert obs[5][0] == "tool: create" and "(2 lines)" in obs[5][1]
-    assert obs[5][1].split("\n</output>")[0].endswith("\n")
+    assert obs[4][0] == "tool: edit" and tool_output(obs[4][1]).endswith("\n")
+    assert obs[5][0] == "tool: create" and tool_output(obs[5][1]).endswith("\n")
+    assert "(2 lines)" in obs[5][1]
     # printf x: no newline added.
-    assert obs[6][1].startswith("<output>\nx\n</output>\n\n<budget>\n* Remaining turns: 121\n")
+    assert tool_output(obs[6][1]) == "x"
     # Format errors and an unknown tool are user messages without wrapper or budget; they take turns.
     assert obs[7] == ("user", "FormatError: No tool calls found")
     assert obs[8] == ("user", "FormatError: Expected exactly one thinking end token, got 0")
     assert obs[9][0] == "user" and obs[9][1].startswith("NoSuchToolError: ") and "'python'" in obs[9][1]
-    assert obs[10][1].startswith("<output>\n\n</output>\n\n<budget>\n* Remaining turns: 117\n")
+    assert tool_output(obs[10][1]) == ""
     # submit shows the patch with its final newline kept before </submission>.
     assert obs[11][0] == "tool: submit"
     assert f"<submission>\n{PATCH}\n</submission>" in obs[11][1]
-    assert obs[11][1].endswith("\n</output>\n\n" + budget_text(116, int(obs[11][1].rsplit(": ", 1)[1].split("\n")[0])))
     # A reply without a tool call after a submission ends the episode and the submission is graded.
     assert ep.ending == "graded"
     assert ep.graded_submission == PATCH
@@ -179,28 +217,27 @@ def test_limits_end_without_grading(image):
         call("submit", "fix.diff"),
         call("bash", "ls"),
     ]
-    ep = run_reference(RELEASE, replies, issue=ISSUE, image=image, config={"max_turns": 3}, tokenizer_model=TOKENIZER)
+    ep = run(replies, image, config={"max_turns": 3})
     assert_layout(ep)
+    assert_tool_messages(ep, max_turns=3)
     assert ep.ending == "turn_limit" and ep.graded_submission is None
     assert ep.messages[-1] == ("assistant", "<think>\n" + replies[-1])
     assert ep.infos[-1]["message"] == "Max turns reached"
 
     # A context over its size ends it at the next reply.
     replies = [call("bash", "seq 1 400"), call("bash", "ls")]
-    ep = run_reference(RELEASE, replies, issue=ISSUE, image=image, config={"context_size": 1500}, tokenizer_model=TOKENIZER)
+    ep = run(replies, image, config={"context_size": 1500})
     assert ep.ending == "context_limit" and ep.graded_submission is None
 
     # A sandbox past its lifetime ends it.
     replies = [call("bash", "ls"), call("bash", "sleep 10"), call("bash", "ls")]
-    ep = run_reference(
-        RELEASE, replies, issue=ISSUE, image=image, config={"sandbox_timeout": 3}, tokenizer_model=TOKENIZER
-    )
+    ep = run(replies, image, config={"sandbox_timeout": 3})
     assert ep.ending == "sandbox_timeout" and ep.graded_submission is None
     assert ep.infos[-1]["message"].startswith("Timeout: ")
     assert len(ep.actions) == 2
 
     # Replies that run out leave the episode running, at an open generation prompt.
-    ep = run_reference(RELEASE, [call("bash", "exit")], issue=ISSUE, image=image, tokenizer_model=TOKENIZER)
+    ep = run([call("bash", "exit")], image)
     assert_layout(ep)
     assert ep.ending == "running"
     assert ep.messages[-1] == ("assistant", "<think>\n")
@@ -208,11 +245,7 @@ def test_limits_end_without_grading(image):
 
 
 TEST_SCRIPT = (
-    "from calc import add\n"
-    "if add(1, 2) == 3:\n"
-    "    print('Issue resolved')\n"
-    "else:\n"
-    "    print('Issue reproduced')\n"
+    "from calc import add\nif add(1, 2) == 3:\n    print('Issue resolved')\nelse:\n    print('Issue reproduced')\n"
 )
 
 
@@ -223,8 +256,9 @@ def test_test_generation_episode(image):
         call("submit", "test_issue.py"),
         reply("The test calls add(1, 2) and reports whether it returns 3."),
     ]
-    ep = run_reference(RELEASE, replies, kind="test", issue=ISSUE, image=image, tokenizer_model=TOKENIZER)
+    ep = run(replies, image, kind="test")
     assert_layout(ep)
+    assert_tool_messages(ep)
     assert "test_issue.py" in ep.messages[1][1]
     assert ep.messages[5][1].startswith("<output>\nIssue reproduced\n\n</output>")
     submit = ep.messages[7]
@@ -234,8 +268,6 @@ def test_test_generation_episode(image):
     assert ep.infos[-1]["test"] == TEST_SCRIPT
 
     # Before a submission, any format error ends a test-generation episode.
-    ep = run_reference(
-        RELEASE, [call("bash", "ls"), reply("No call.")], kind="test", issue=ISSUE, image=image, tokenizer_model=TOKENIZER
-    )
+    ep = run([call("bash", "ls"), reply("No call.")], image, kind="test")
     assert ep.ending == "format_error" and ep.graded_submission is None
     assert ep.infos[-1]["message"] == "Tool call format error: FormatError: No tool calls found"
