@@ -7,7 +7,7 @@ them as YAML, which is also the format `--config FILE` reads (any subset of the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -34,12 +34,15 @@ class AgentConfig(BaseModel):
     """Most tokens the model may write in one reply."""
     wall_clock_limit: float = Field(7_200.0, gt=0)
     """Seconds an episode may take in all (CWM's sandbox lifetime)."""
-    max_format_errors: int = Field(5, gt=0)
-    """Consecutive replies with a format error before the episode ends."""
     strict_format: bool = False
-    """End the episode at the first format error instead of telling the model what to fix."""
+    """End an issue-solving episode at its first malformed reply (CWM's evaluation answers them, with no
+    limit on how many; its test-generation episode always ends at the first)."""
     reasoning: bool = True
     """Reasoning mode: the system prompt asks for `<think>` and each reply starts inside it."""
+    token_ids: Literal["auto", "on", "off"] = "auto"
+    """Send prompts as token ids built as CWM builds its context (each message's pieces tokenized on
+    their own, replies' ids as sampled). auto: when the server takes id prompts and returns the reply's
+    ids (vLLM >= 0.10.2), else text with a warning; on: required; off: always text."""
 
 
 class RunConfig(BaseModel):
@@ -51,6 +54,10 @@ class RunConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    cwm_release: str | None = None
+    """A checkout of CWM's release (github.com/facebookresearch/cwm): the model is shown CWM's own texts,
+    read from it at run time, and the edit/create tools run its plugins. Also `--cwm-release` and the
+    environment variable CWM_RELEASE. None: the project's own wording."""
 
 
 class ConfigError(UserError, ValueError):

@@ -1,11 +1,11 @@
-"""The think-act-observe loop: one episode of CWM working through the tools.
+"""The think-act-observe loop: one episode of CWM working through the tools, with CWM's rules.
 
-`Agent.run` loops `step()`; a step is query → parse → act → observe. Every way out of the
-loop is an `EpisodeEnd` carrying its exit status, caught in one place.
-
-The prompt is kept as text and only ever grows: each request's prompt is the previous
-prompt + the reply + the new message + the generation prompt, byte for byte, so the
-server's prefix cache serves everything but the new tail.
+`Agent.run` loops `step()`: ask the model, count the reply, stop at a limit, parse, act, answer.
+Every way out is an `EpisodeEnd` carrying its status, caught in one place. The rules are those of
+CWM's environment: the reply that reaches the turn limit or overflows the context ends the
+episode unrun; a malformed reply is answered with a user message (no limit on how many) until a
+patch was accepted, after which any reply that is not one valid call ends the episode and the
+submission is graded; the test-generation episode ends at its first malformed reply.
 """
 
 from __future__ import annotations
@@ -13,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from cwm_agent.agent.config import AgentConfig
-from cwm_agent.agent.trajectory import Action, ExitStatus, TokenCounts, TrajectoryWriter, Turn, initial_prompt
-from cwm_agent.model.client import Completion, ModelClient, ModelError, SamplingParams
+from cwm_agent.agent.dialogue import Dialogue
+from cwm_agent.agent.trajectory import Action, ExitStatus, TokenCounts, Turn
+from cwm_agent.model.base import Model
+from cwm_agent.model.client import Completion, ModelError, SamplingParams
 from cwm_agent.prompts.parse import FormatError, parse_reply
-from cwm_agent.prompts.render import THINK_START, Message, defuse_special_tokens, render_continuation
-from cwm_agent.prompts.templates import TRUNCATION_MARK, observation, truncate_left, truncate_right
+from cwm_agent.prompts.render import Message
+from cwm_agent.prompts.texts import Texts
 from cwm_agent.sandbox.base import SandboxError
 from cwm_agent.tools import ToolContext, ToolResult, run_tool
 
@@ -35,228 +38,160 @@ class EpisodeEnd(Exception):
 
 
 @dataclass
-class EpisodeResult:
-    status: ExitStatus
-    detail: str
-    submission: str | None
-    turns: int
-    context_tokens: int
-    """Tokens of the whole dialogue at the end (the context the model last saw, plus its reply)."""
-    completion_tokens: int
-    """Tokens the model generated over all turns."""
-    elapsed: float
+class EpisodeState:
+    """What the loop knows of the episode so far."""
 
-
-@dataclass
-class _State:
-    prompt: str
-    """The dialogue as CWM text (what /v1/completions is sent)."""
-    messages: list[dict[str, str]]
-    """The same dialogue as chat messages (what /v1/chat/completions is sent, with `model.api: chat`)."""
     turns: int = 0
-    tokens_used: int = 0
-    """Tokens of the dialogue so far (the server's count after each reply, plus our count of what we appended)."""
-    completion_tokens: int = 0
-    format_errors_in_a_row: int = 0
     submission: str | None = None
-    started: float = field(default_factory=time.monotonic)
-    pending: Turn | None = None
-    """The turn under way, until it is written (so that a time limit mid-turn still records it)."""
-
-
-async def cut_to_tokens(model: ModelClient, text: str, max_tokens: int, keep: str) -> tuple[str, int]:
-    """Cut `text` to at most `max_tokens` tokens, keeping its start (`keep="left"`) or end ("right").
-
-    Returns the text and its token count (one /tokenize call when nothing is cut).
-    """
-    count = await model.count_tokens(text)
-    while count > max_tokens:
-        keep_chars = max(0, int(len(text) * max_tokens / count * 0.95) - len(TRUNCATION_MARK))
-        cut = truncate_right(text, keep_chars) if keep == "left" else truncate_left(text, keep_chars)
-        if cut == text:  # only the mark is left and it alone is over the limit: cutting cannot help
-            break
-        text = cut
-        count = await model.count_tokens(text)
-    return text, count
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int | None = None
+    model_seconds: float = 0.0
+    tool_seconds: float = 0.0
+    status: ExitStatus = ExitStatus.INTERRUPTED
+    detail: str = ""
+    started: float = dataclasses.field(default_factory=time.monotonic)
 
 
 class Agent:
-    """Runs one episode over a model client and the tools of one sandbox."""
+    """Runs one episode over a model and the tools of one sandbox."""
 
     def __init__(
         self,
         config: AgentConfig,
         sampling: SamplingParams,
-        model: ModelClient,
+        model: Model,
         tools: ToolContext,
-        writer: TrajectoryWriter | None = None,
+        texts: Texts,
+        record: Callable[[Turn], None] = lambda turn: None,
+        strict: bool | None = None,
+        tool_names: tuple[str, ...] = ("bash", "edit", "create", "submit"),
     ) -> None:
         self.config = config
         self.sampling = sampling
         self.model = model
         self.tools = tools
-        self.writer = writer
-        self._wrapper_tokens = 0
+        self.texts = texts
+        self.record = record
+        """Called once with every turn, when it is complete (the one place a turn is recorded)."""
+        self.strict = config.strict_format if strict is None else strict
+        self.tool_names = tool_names
+        self.state = EpisodeState()
 
-    async def run(self, system_prompt: str, user_prompt: str) -> EpisodeResult:
-        state = _State(
-            prompt=initial_prompt(system_prompt, user_prompt, self.config.reasoning),
-            messages=[{"role": "system", "content": system_prompt}, {"role": "user", "content": user_prompt}],
-        )
+    async def run(self, dialogue: Dialogue) -> EpisodeState:
+        """Play the episode on an opened dialogue until it ends; the state says how."""
+        state = self.state
         try:
-            self._wrapper_tokens = await self.model.count_tokens(
-                render_continuation(
-                    "", [Message(role="tool: bash", content=observation("", 0, 0))], self.config.reasoning
-                )
-            )
-            state.tokens_used = await self.model.count_tokens(state.prompt)
             while True:
-                remaining = self._remaining(state)
+                remaining = self._remaining()
                 if remaining <= 0:
                     raise self._time_up()
                 try:
-                    await asyncio.wait_for(self.step(state), timeout=remaining)
+                    await asyncio.wait_for(self.step(dialogue), timeout=remaining)
                 except asyncio.TimeoutError:
                     raise self._time_up() from None
         except EpisodeEnd as end:
-            return self._result(state, end.status, end.detail)
+            state.status, state.detail = end.status, end.detail
         except ModelError as exc:
-            return self._result(state, ExitStatus.MODEL_ERROR, str(exc))
+            state.status, state.detail = ExitStatus.MODEL_ERROR, str(exc)
         except SandboxError as exc:
-            return self._result(state, ExitStatus.SANDBOX_ERROR, str(exc))
-        finally:
-            # The model replied but the turn did not finish (time limit, a failure, Ctrl-C): the
-            # reply is still part of the record.
-            if state.pending is not None:
-                self._record(state, state.pending)
+            state.status, state.detail = ExitStatus.SANDBOX_ERROR, str(exc)
+        return state
 
-    def _remaining(self, state: _State) -> float:
-        return self.config.wall_clock_limit - (time.monotonic() - state.started)
-
-    def _time_up(self) -> EpisodeEnd:
-        return EpisodeEnd(ExitStatus.TIME_LIMIT, f"wall-clock limit of {self.config.wall_clock_limit:g} s reached")
-
-    def _result(self, state: _State, status: ExitStatus, detail: str) -> EpisodeResult:
-        return EpisodeResult(
-            status=status,
-            detail=detail,
-            submission=state.submission,
-            turns=state.turns,
-            context_tokens=state.tokens_used,
-            completion_tokens=state.completion_tokens,
-            elapsed=time.monotonic() - state.started,
-        )
-
-    async def step(self, state: _State) -> None:
-        completion = await self._query(state)
+    async def step(self, dialogue: Dialogue) -> None:
+        state, cfg = self.state, self.config
+        completion = await self._query(dialogue)
         state.turns += 1
-        # Servers that report no usage: our own counts (the prompt's is kept up to date anyway).
-        prompt_tokens = completion.prompt_tokens if completion.prompt_tokens is not None else state.tokens_used
-        completion_tokens = completion.completion_tokens
-        if completion_tokens is None:
-            completion_tokens = await self.model.count_tokens(completion.text)
-        state.completion_tokens += completion_tokens
-        state.tokens_used = prompt_tokens + completion_tokens
-        turn = Turn(
-            index=state.turns,
+        turn = self._turn(completion)
+        try:
+            turn.tokens.completion = await dialogue.add_reply(completion)
+            turn.reply_ids = completion.token_ids
+            if dialogue.tokens > cfg.context_size:
+                raise EpisodeEnd(
+                    ExitStatus.CONTEXT_LIMIT, f"the context reached {dialogue.tokens} > {cfg.context_size} tokens"
+                )
+            if state.turns >= cfg.max_turns:
+                raise EpisodeEnd(ExitStatus.TURN_LIMIT, f"reached the limit of {cfg.max_turns} turns")
+            try:
+                reply = parse_reply(completion.text, cfg.reasoning, tools=self.tool_names, messages=self.texts.parse)
+            except FormatError as error:
+                turn.format_error = error.feedback()
+                await self._malformed(dialogue, turn, error)
+                return
+            turn.thinking = reply.thinking
+            call = reply.tool_call
+            turn.action = Action(tool=call.name, body=call.body)
+            result = await self._act(call.name, call.body)
+            turn.tool_seconds, turn.tool_ok = result.elapsed, result.ok
+            state.tool_seconds += result.elapsed
+            output = result.output
+            if call.name == "submit" and result.ok and result.submission is not None:
+                state.submission = result.submission
+                feedback = self.texts.test_submission if self.tools.submit_kind == "file" else self.texts.submission
+                output = feedback(result.submission)
+            await self._observe(dialogue, turn, call.name, output)
+        finally:
+            self.record(turn)
+
+    # -- the parts of a step -------------------------------------------------------------------
+
+    async def _query(self, dialogue: Dialogue) -> Completion:
+        room = self.config.context_size - dialogue.tokens
+        if room <= 0:
+            raise EpisodeEnd(ExitStatus.CONTEXT_LIMIT, f"the context reached {self.config.context_size} tokens")
+        max_tokens = min(self.config.reply_max_tokens, self.sampling.max_tokens, room)
+        completion = await self.model.generate(
+            dialogue.prompt(), self.sampling.model_copy(update={"max_tokens": max_tokens})
+        )
+        state = self.state
+        state.prompt_tokens += completion.prompt_tokens or 0
+        state.completion_tokens += completion.completion_tokens or 0
+        if completion.cached_tokens is not None:
+            state.cached_tokens = (state.cached_tokens or 0) + completion.cached_tokens
+        state.model_seconds += completion.latency
+        return completion
+
+    def _turn(self, completion: Completion) -> Turn:
+        return Turn(
+            index=self.state.turns,
             raw=completion.text,
             finish_reason=completion.finish_reason,
-            tokens=TokenCounts(prompt=prompt_tokens, completion=completion_tokens, cached=completion.cached_tokens),
+            tokens=TokenCounts(prompt=completion.prompt_tokens or 0, cached=completion.cached_tokens),
             model_seconds=completion.latency,
         )
-        state.pending = turn
-        try:
-            # Before a submission every reply must call a tool; after one, a reply without a
-            # call is the final response.
-            reply = parse_reply(
-                completion.text, reasoning=self.config.reasoning, require_tool_call=state.submission is None
-            )
-            turn.thinking = reply.thinking
-            if reply.tool_call is None:
-                self._record(state, turn)
-                raise EpisodeEnd(ExitStatus.SUBMITTED)
-        except FormatError as error:
-            turn.format_error = error.feedback()
-            state.format_errors_in_a_row += 1
-            if self.config.strict_format:
-                self._record(state, turn)
-                raise EpisodeEnd(ExitStatus.FORMAT_ERRORS, turn.format_error) from None
-            if state.format_errors_in_a_row >= self.config.max_format_errors:
-                self._record(state, turn)
-                raise EpisodeEnd(
-                    ExitStatus.FORMAT_ERRORS,
-                    f"{state.format_errors_in_a_row} format errors in a row; last: {turn.format_error}",
-                ) from None
-            self._check_turns(state, turn)
-            await self._answer(state, turn, Message(role="user", content=turn.format_error), completion.text)
-            return
 
-        state.format_errors_in_a_row = 0
-        call = reply.tool_call
-        turn.action = Action(tool=call.name, body=call.body)
-        self._check_turns(state, turn)
-        started = time.monotonic()
-        # A thread cannot be cancelled: at the wall-clock limit the sandbox itself must interrupt
-        # the command, or it would run on (and hold the session) after the episode ended.
-        tools = dataclasses.replace(
-            self.tools, command_timeout=max(1.0, min(self.tools.command_timeout, self._remaining(state)))
-        )
-        result: ToolResult = await asyncio.to_thread(run_tool, call.name, call.body, tools)
-        turn.tool_seconds = time.monotonic() - started
-        turn.tool_ok = result.ok
-        if result.submission is not None:
-            state.submission = result.submission
-        output = defuse_special_tokens(result.output)
-        text, text_tokens = await cut_to_tokens(self.model, output, self.config.observation_max_tokens, keep="left")
-        estimate = text_tokens + self._wrapper_tokens
-        remaining_tokens = self.config.context_size - state.tokens_used - estimate
-        body = observation(text, self.config.max_turns - state.turns, max(0, remaining_tokens))
-        await self._answer(state, turn, Message(role=f"tool: {call.name}", content=body), completion.text, estimate)
+    async def _malformed(self, dialogue: Dialogue, turn: Turn, error: FormatError) -> None:
+        """A reply that is not one valid call: the final response after a submission, else answered or fatal."""
+        if self.state.submission is not None and (error.thinking_closed_once or not self.config.reasoning):
+            raise EpisodeEnd(ExitStatus.SUBMITTED)
+        if self.strict:
+            raise EpisodeEnd(ExitStatus.FORMAT_ERRORS, turn.format_error or "")
+        message = await dialogue.fit(Message.user(error.feedback()), self.config.observation_max_tokens, keep="start")
+        await self._answer(dialogue, turn, message)
 
-    def _check_turns(self, state: _State, turn: Turn) -> None:
-        if state.turns >= self.config.max_turns:
-            self._record(state, turn)
-            raise EpisodeEnd(ExitStatus.TURN_LIMIT, f"reached the limit of {self.config.max_turns} turns")
+    async def _act(self, name: str, body: str) -> ToolResult:
+        # A thread cannot be cancelled: at the wall-clock limit the sandbox itself must stop the
+        # command, so its timeout is capped at the time left.
+        timeout = max(1.0, min(self.tools.command_timeout, self._remaining()))
+        tools = dataclasses.replace(self.tools, command_timeout=timeout)
+        return await asyncio.to_thread(run_tool, name, body, tools)
 
-    async def _answer(self, state: _State, turn: Turn, message: Message, reply: str, tokens: int | None = None) -> None:
-        """Append the reply and the harness's answer to the prompt, or end at the context limit.
+    async def _observe(self, dialogue: Dialogue, turn: Turn, tool: str, output: str) -> None:
+        """Answer with the tool's result in `<output>` and the budget, the whole message capped."""
+        cfg, texts = self.config, self.texts
+        result = texts.output(dialogue.safe(output))
+        estimate = await dialogue.count_message(Message.tool(tool, f"{result}\n\n{texts.budget_template}"))
+        remaining_tokens = cfg.context_size - dialogue.tokens - min(estimate, cfg.observation_max_tokens)
+        budget = texts.budget(cfg.max_turns - self.state.turns, remaining_tokens)
+        message = Message.tool(tool, f"{result}\n\n{budget}")
+        await self._answer(dialogue, turn, await dialogue.fit(message, cfg.observation_max_tokens, keep="start"))
 
-        `tokens`: what the answer adds to the dialogue, when the caller has counted it already.
-        """
-        continuation = render_continuation(reply, [message], self.config.reasoning)
-        added = tokens if tokens is not None else await self.model.count_tokens(continuation[len(reply) :])
-        if state.tokens_used + added >= self.config.context_size:
-            # The model never sees this answer: keep it for readers, out of the replayable dialogue.
-            turn.unsent_observation = message
-            self._record(state, turn)
-            raise EpisodeEnd(ExitStatus.CONTEXT_LIMIT, f"the dialogue reached {self.config.context_size} tokens")
+    async def _answer(self, dialogue: Dialogue, turn: Turn, message: Message) -> None:
         turn.observation = message
-        self._record(state, turn)
-        state.prompt += continuation
-        think = THINK_START if self.config.reasoning else ""
-        state.messages += [
-            {"role": "assistant", "content": think + reply},
-            {"role": message.role, "content": message.content},
-        ]
-        state.tokens_used += added
+        turn.observation_ids = await dialogue.answer(message)
 
-    def _record(self, state: _State, turn: Turn) -> None:
-        state.pending = None
-        if self.writer is not None:
-            self.writer.write(turn)
+    def _remaining(self) -> float:
+        return self.config.wall_clock_limit - (time.monotonic() - self.state.started)
 
-    async def _query(self, state: _State) -> Completion:
-        room = self.config.context_size - state.tokens_used
-        if room <= 0:
-            raise EpisodeEnd(ExitStatus.CONTEXT_LIMIT, f"the dialogue reached {self.config.context_size} tokens")
-        # Both knobs hold (a user may set either), and never more than the context has left.
-        max_tokens = min(self.config.reply_max_tokens, self.sampling.max_tokens, room)
-        sampling = self.sampling.model_copy(update={"max_tokens": max_tokens})
-        if self.model.config.api == "chat":
-            # The server's chat template renders the dialogue; the reply should continue `<think>\n`
-            # like a completion does, so an opening the template left to the model is dropped.
-            completion = await self.model.chat(state.messages, sampling, prompt_tokens=state.tokens_used)
-            if self.config.reasoning and completion.text.startswith(THINK_START):
-                completion.text = completion.text[len(THINK_START) :]
-            return completion
-        return await self.model.complete(state.prompt, sampling, prompt_tokens=state.tokens_used)
+    def _time_up(self) -> EpisodeEnd:
+        return EpisodeEnd(ExitStatus.TIME_LIMIT, f"the sandbox lifetime of {self.config.wall_clock_limit:g} s ran out")

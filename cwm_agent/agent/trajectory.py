@@ -17,7 +17,6 @@ Each line is flushed when written, so a crash or kill leaves every finished turn
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 from pathlib import Path
@@ -25,26 +24,12 @@ from typing import IO, Annotated, Literal, Union
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from cwm_agent.agent.record import EpisodeRecord, ExitStatus
 from cwm_agent.prompts.render import Message, render_continuation, render_prompt
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-
-class ExitStatus(str, enum.Enum):
-    """Why an episode ended."""
-
-    SUBMITTED = "submitted"
-    """The model submitted, then gave its final response."""
-    TURN_LIMIT = "turn_limit"
-    CONTEXT_LIMIT = "context_limit"
-    TIME_LIMIT = "time_limit"
-    FORMAT_ERRORS = "format_errors"
-    """Too many consecutive format errors (or one, in strict mode)."""
-    MODEL_ERROR = "model_error"
-    """The model server failed and retries did not cure it."""
-    SANDBOX_ERROR = "sandbox_error"
-    INTERRUPTED = "interrupted"
-    """Ctrl-C / SIGTERM."""
+__all__ = ["ExitStatus", "EpisodeRecord"]
 
 
 class Action(BaseModel):
@@ -69,6 +54,11 @@ class Header(BaseModel):
     reasoning: bool
     system_prompt: str
     user_prompt: str
+    """The first user message as the model saw it (cut to the issue cap when it was longer)."""
+    prompt_ids: list[int] | None = None
+    """The first prompt's token ids, in token-id mode."""
+    texts: str = "cwm-agent"
+    """Whose texts the model was shown: "cwm-agent", or the path of CWM's release."""
 
 
 class Turn(BaseModel):
@@ -84,30 +74,21 @@ class Turn(BaseModel):
     """`Kind: message` when the reply could not be parsed."""
     observation: Message | None = None
     """What the harness answered with; None when the episode ended at this reply."""
-    unsent_observation: Message | None = None
-    """The answer that would have followed when it did not fit in the context (never sent)."""
     tokens: TokenCounts = Field(default_factory=TokenCounts)
+    reply_ids: list[int] | None = None
+    """The reply's token ids as sampled (its end token included), when the server returned them."""
+    observation_ids: list[int] | None = None
+    """The ids appended after the reply (an end token it lacked, the answer, the generation prompt), in
+    token-id mode: the context after this turn is the previous one + reply_ids + observation_ids."""
     model_seconds: float = 0.0
     tool_seconds: float = 0.0
     tool_ok: bool | None = None
 
 
-class Result(BaseModel):
+class Result(EpisodeRecord):
+    """The last line: the episode's record (see `cwm_agent.agent.record.EpisodeRecord`)."""
+
     type: Literal["result"] = "result"
-    exit_status: ExitStatus
-    detail: str = ""
-    """A human-readable reason (e.g. the model server's error)."""
-    submission: str | None = None
-    """The last accepted submission (a patch, or a test file's content)."""
-    final_diff: str = ""
-    """`git diff` of the working tree against the base commit, new files included."""
-    base_commit: str = ""
-    turns: int = 0
-    context_tokens: int = 0
-    """Tokens of the whole dialogue at the end (the last prompt plus its reply)."""
-    completion_tokens: int = 0
-    """Tokens the model generated over all turns."""
-    elapsed: float = 0.0
 
 
 Record = Annotated[Union[Header, Turn, Result], Field(discriminator="type")]

@@ -40,19 +40,28 @@ def files_changed(diff: str) -> list[str]:
 
 def print_summary(outcome, output_dir: Path) -> None:
     """The few lines a user reads after a run."""
-    from cwm_agent.agent.trajectory import ExitStatus
 
-    colour = "green" if outcome.patch else ("yellow" if outcome.status == ExitStatus.SUBMITTED else "red")
+    colour = "green" if outcome.graded else ("yellow" if outcome.submission else "red")
     out.print(
         f"[bold]status[/bold]      [{colour}]{outcome.status.value}[/{colour}] {escape(outcome.detail)}",
         highlight=False,
     )
     out.print(f"[bold]turns[/bold]       {outcome.turns}")
-    out.print(f"[bold]tokens[/bold]      {outcome.context_tokens} in context, {outcome.completion_tokens} generated")
+    tokens = outcome.tokens
+    cached = f", {tokens.cached} cached" if tokens.cached is not None else ""
+    out.print(
+        f"[bold]tokens[/bold]      {tokens.context} in context, {tokens.prompt} processed{cached}, "
+        f"{tokens.completion} generated"
+    )
     out.print(f"[bold]time[/bold]        {outcome.elapsed:.1f} s")
-    changed = files_changed(outcome.patch or "") or files_changed(outcome.final_diff)
+    changed = files_changed(outcome.submission or "") or files_changed(outcome.final_diff)
     out.print(f"[bold]files[/bold]       {escape(', '.join(changed)) if changed else '(none)'}")
-    if outcome.patch:
+    if outcome.submission and not outcome.graded:
+        out.print(
+            f"[bold]patch[/bold]       {output_dir / 'patch.diff'} "
+            "(unfinished: CWM counts this episode as failed and would not grade it)"
+        )
+    elif outcome.submission:
         out.print(f"[bold]patch[/bold]       {output_dir / 'patch.diff'}")
     else:
         out.print("[bold]patch[/bold]       none accepted (the working tree's changes are in working_tree.diff)")
@@ -63,8 +72,8 @@ def write_outputs(outcome, output_dir: Path) -> None:
     from cwm_agent.agent.files import write_text_atomic
 
     write_text_atomic(output_dir / "working_tree.diff", outcome.final_diff)
-    if outcome.patch:
-        write_text_atomic(output_dir / "patch.diff", outcome.patch)
+    if outcome.submission:
+        write_text_atomic(output_dir / "patch.diff", outcome.submission)
     else:  # a patch.diff left by an earlier run into the same directory is not this run's
         (output_dir / "patch.diff").unlink(missing_ok=True)
 
@@ -142,7 +151,7 @@ def solve(
         raise _fail(f"{outcome.detail} (nothing ran; the record is in {outcome.trajectory})")
     write_outputs(outcome, output_dir)
     print_summary(outcome, output_dir)
-    raise typer.Exit(0 if outcome.patch else 1)
+    raise typer.Exit(0 if outcome.graded else 1)
 
 
 REPLAY_BANNER = (
@@ -181,7 +190,7 @@ def demo(
         write_outputs(outcome, output_dir)
         print_summary(outcome, output_dir)
         out.print("evaluating the patch in a fresh container with the hidden tests ...")
-        result = evaluate_instance(instance, outcome.patch, output_dir / "eval")
+        result = evaluate_instance(instance, outcome.graded_patch, output_dir / "eval")
     except KeyboardInterrupt:
         err.print("interrupted: containers removed")
         raise typer.Exit(130) from None

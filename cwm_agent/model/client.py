@@ -391,6 +391,41 @@ class ModelClient:
         """Number of tokens of `text` as the model sees it (no BOS added)."""
         return len(await self.tokenize(text))
 
+    # -- the agent's Model protocol (cwm_agent.model.base) ----------------------------------------
+
+    async def generate(self, prompt: Any, sampling: SamplingParams) -> Completion:
+        """One reply to a `cwm_agent.model.base.Prompt`: chat messages with `api: chat`, token ids when the
+        prompt carries them, else the rendered text."""
+        if self.config.api == "chat":
+            return await self.chat(prompt.messages, sampling, prompt_tokens=None)
+        if prompt.ids is not None:
+            return await self.complete_ids(prompt.ids, sampling, rollout=prompt.rollout)
+        return await self.complete(prompt.text, sampling)
+
+    async def encode(self, text: str) -> list[int]:
+        return await self.tokenize(text)
+
+    async def decode(self, ids: list[int]) -> str:
+        """Text of token ids (local tokenizer if configured, else the server's /detokenize)."""
+        if self.config.tokenizer:
+            tokenizer = await self._local_tokenizer()
+            return tokenizer.decode(list(ids))
+        body = {"model": await self._model_id(), "tokens": list(ids)}
+
+        def parse(data: dict[str, Any]) -> str:
+            text = data.get("prompt")
+            if not isinstance(text, str):
+                raise _BadReply("a /detokenize reply without `prompt`")
+            return text
+
+        text, _, _ = await self._call("POST", f"{self.root_url}/detokenize", body, parse, "detokenize", limited=False)
+        return text
+
+    @property
+    def exact_tokenizer(self) -> bool:
+        name = self.config.tokenizer
+        return name is not None and (name == "cwm" or Path(name).expanduser().is_file())
+
     async def check(self, wait: float = 0.0) -> str:
         """Ask the server which model it serves; return the id this client will request.
 

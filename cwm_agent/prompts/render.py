@@ -218,3 +218,8 @@ def defuse_special_tokens(text: str) -> str:
     end a message or open a header: the server would parse the bare string as a real special token.
     """
     return _SPECIAL_TOKEN_RE.sub(lambda m: "<\\|" + m.group(1) + "|>", text)
+
+
+def message_pieces(message: Message) -> list[Piece]:
+    """One closed message (header, body, `<|eot_id|>`) as pieces: what CWM counts as a message's tokens."""
+    return _message_pieces(message, strip_assistant=False, is_prefix=False)
