@@ -12,7 +12,7 @@ from typing import Any, Callable
 import typer
 
 from cwm_agent import __version__
-from cwm_agent.cli import sandbox, serve, setup, solve, swebench, swebench_run
+from cwm_agent.cli import sandbox, serve, setup, solve, swebench, swebench_run, tts
 from cwm_agent.cli.common import command
 
 _SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -57,6 +57,8 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any]]] = [
     (swebench_app, "build-local", swebench.build_local),
     (swebench_app, "local-dataset", swebench.local_dataset),
     (swebench_app, "eval-script", swebench.eval_script),
+    (swebench_app, "select", tts.select_command),
+    (swebench_app, "tts-report", tts.tts_report_command),
     (sandbox_app, "prune", sandbox.prune_command),
 ]
 """(group, name, function) of every command."""
