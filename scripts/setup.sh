@@ -2,7 +2,8 @@
 # Set up a machine that has (at most) Docker's client: install and start the engine, install
 # cwm-agent, build the base sandbox image. Idempotent; needs root for the engine and debootstrap.
 #   bash scripts/setup.sh [--test] [--trust-host-ca]
-#     --test           also install the test dependencies (pytest, hypothesis, tiktoken), fetch Llama 3's
+#     --test           also install the test dependencies (pytest, hypothesis, tiktoken, playwright + Debian's
+#                      chromium), fetch Llama 3's
 #                      tokenizer.model (CWM's BPE) and build the local SWE-bench instance images the tests use
 #     --trust-host-ca  image builds trust this host's CA bundle (TLS-inspecting proxies)
 set -euo pipefail
@@ -43,6 +44,13 @@ cwm-agent setup $ca_flag
 if [ "$extras" = "swebench,test" ]; then
   # The token-id tests need CWM's BPE file: taken from the llama-models wheel into ~/.cache/cwm-agent.
   python3 -m cwm_agent.model.tokenizer fetch
+  # The report tests open pages in a real browser: Debian's chromium, driven by Playwright through its
+  # executable path (Playwright's own browser download is not used).
+  if ! command -v chromium >/dev/null 2>&1; then
+    echo "setup: installing chromium (report tests)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
   # The tests evaluate on the local SWE-bench instances: build their images now (seconds when present).
   cwm-agent swebench build-local $ca_flag
 fi

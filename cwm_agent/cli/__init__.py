@@ -12,7 +12,7 @@ from typing import Any, Callable
 import typer
 
 from cwm_agent import __version__
-from cwm_agent.cli import sandbox, serve, setup, solve, swebench, swebench_run, tts
+from cwm_agent.cli import reports, sandbox, serve, setup, solve, swebench, swebench_run, tts
 from cwm_agent.cli.common import command
 
 _SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -50,7 +50,8 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any]]] = [
     (app, "serve", serve.serve),
     (app, "solve", solve.solve),
     (app, "demo", solve.demo),
-    (app, "show", solve.show),
+    (app, "show", reports.show),
+    (app, "report", reports.report),
     (app, "config", solve.show_config),
     (swebench_app, "run", swebench_run.run_command),
     (swebench_app, "eval", swebench.eval_command),
@@ -59,6 +60,7 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any]]] = [
     (swebench_app, "eval-script", swebench.eval_script),
     (swebench_app, "select", tts.select_command),
     (swebench_app, "tts-report", tts.tts_report_command),
+    (swebench_app, "stats", reports.stats),
     (sandbox_app, "prune", sandbox.prune_command),
 ]
 """(group, name, function) of every command."""

@@ -204,27 +204,6 @@ def demo(
     raise typer.Exit(0 if result.outcome == "resolved" else 1)
 
 
-def show(
-    trajectory: Path = typer.Argument(
-        ..., help="A trajectory.jsonl file (solve/demo output, or swebench run's trajectories/ID.jsonl)."
-    ),
-    full: bool = typer.Option(False, "--full", help="Show every line (by default long texts are cut to --lines)."),
-    lines: int = typer.Option(25, "--lines", min=1, help="Lines shown of each long text."),
-    no_thinking: bool = typer.Option(False, "--no-thinking", help="Leave out the model's thinking."),
-    turn: Optional[int] = typer.Option(None, "--turn", help="Show only this turn."),
-) -> None:
-    """Show a trajectory turn by turn: thinking, tool call, observation, tokens and timings."""
-    from cwm_agent.reports.show import show_trajectory
-
-    try:
-        # Its own console: panels must wrap long lines, which the summary console (soft wrap) doesn't.
-        show_trajectory(trajectory, Console(), None if full else lines, not no_thinking, turn)
-    except FileNotFoundError:
-        raise _fail(f"{trajectory}: no such file") from None
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-
-
 def show_config(
     config_file: Optional[Path] = typer.Argument(None, help="A YAML file to merge over the defaults."),
 ) -> None:

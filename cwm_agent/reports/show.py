@@ -1,103 +1,352 @@
-"""`cwm-agent show`: a trajectory file as a person reads it, turn by turn."""
+"""`cwm-agent show`: a trajectory as a person reads it, turn by turn, or as a list of turns.
+
+What is shown is found from a trajectory file, a `solve`/`demo` output folder, or a run folder plus
+an instance id; the evaluation outcome is shown when the folder holds one. Every cut is marked
+where it happens: lines left out of a long text, characters left out of a long line.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from rich.console import Console, Group
+from pydantic import TypeAdapter
+from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.rule import Rule
 from rich.syntax import Syntax
+from rich.table import Table
 from rich.text import Text
 
-from cwm_agent.agent.trajectory import Trajectory, Turn
+from cwm_agent.agent.trajectory import Header, Record, Result, Trajectory, Turn
+from cwm_agent.errors import UserError
+from cwm_agent.reports.runfolder import (
+    Evaluation,
+    RunFolderError,
+    is_run_folder,
+    item_id,
+    load_evaluation,
+    load_run,
+    split_item_id,
+)
 
-ELIDED = "[... {n} more lines: --full shows all]"
+ELIDED = "⟨… {n} more lines: --full shows all⟩"
+CUT_LINE = "⟨… +{n} chars⟩"
+MARKER_STYLE = "black on yellow"
+_records: TypeAdapter[Record] = TypeAdapter(Record)
 
 
-def clip(text: str, max_lines: int | None) -> str:
-    """At most `max_lines` lines of `text`: its head and its tail (where errors and the budget
-    block are), saying how many were left out between them (None: all)."""
+class ShowError(UserError):
+    """What was asked to show cannot be found or read."""
+
+
+@dataclass
+class ShowOptions:
+    max_lines: int | None = 25
+    """Lines kept of each long text (head and tail); None: all."""
+    max_width: int | None = 400
+    """Characters kept of each long line; None: all."""
+    thinking: bool = True
+    turn: int | None = None
+    """Only this turn (no task, no result)."""
+
+
+@dataclass
+class Target:
+    """A trajectory to show and the evaluation of its patch, when there is one."""
+
+    trajectory: Path
+    evaluation: Evaluation | None = None
+
+
+def clip(text: str, max_lines: int | None, max_width: int | None = None) -> str:
+    """At most `max_lines` lines of `text`: its head and its tail (where errors and the budget block
+    are), with a marker saying how many lines were left out; lines over `max_width` characters are
+    cut with a marker saying how many characters were left out (None: no limit)."""
     lines = text.splitlines()
-    if max_lines is None or len(lines) <= max_lines:
-        return text
-    tail = max_lines // 3
-    head = max_lines - tail
-    return "\n".join([*lines[:head], ELIDED.format(n=len(lines) - head - tail), *lines[len(lines) - tail :]])
+    if max_width is not None:
+        lines = [
+            ln if len(ln) <= max_width else ln[:max_width] + CUT_LINE.format(n=len(ln) - max_width) for ln in lines
+        ]
+    if max_lines is not None and len(lines) > max_lines:
+        tail = max_lines // 3
+        head = max_lines - tail
+        lines = [*lines[:head], ELIDED.format(n=len(lines) - head - tail), *lines[len(lines) - tail :]]
+    return "\n".join(lines)
 
 
-def _turn(turn: Turn, max_lines: int | None, thinking: bool) -> Group:
+def _text(text: str, opts: ShowOptions, style: str = "") -> Text:
+    """`text` clipped, its cut markers highlighted."""
+    out = Text(clip(text, opts.max_lines, opts.max_width), style=style)
+    out.highlight_regex(r"⟨… [^⟩]*⟩", MARKER_STYLE)
+    return out
+
+
+def _code(text: str, lexer: str, opts: ShowOptions) -> Syntax:
+    return Syntax(clip(text, opts.max_lines, opts.max_width), lexer, word_wrap=True, theme="ansi_dark")
+
+
+def locate(
+    path: Path, instance_id: str | None = None, kind: str = "patch", rollout: int = 0, eval_dir: Path | None = None
+) -> Target:
+    """The trajectory meant by `path` (a file, a solve/demo folder, a run folder with `instance_id`)."""
+    if not path.exists():
+        raise ShowError(f"{path}: no such file or folder")
+    if path.is_dir() and is_run_folder(path):
+        if instance_id is None:
+            raise ShowError(f"{path} is a run folder: name an instance too (cwm-agent show {path} INSTANCE_ID)")
+        try:
+            run = load_run(path, eval_dir)
+        except RunFolderError as exc:
+            raise ShowError(str(exc)) from None
+        item = run.find(instance_id, kind, rollout)
+        if item is None or item.trajectory is None:
+            have = run.instance_ids()
+            hint = f" (it has {len(have)}: {', '.join(have[:3])}{', ...' if len(have) > 3 else ''})" if have else ""
+            raise ShowError(f"{path} has no trajectory of {item_id(instance_id, kind, rollout)}{hint}")
+        return Target(item.trajectory, item.evaluation)
+    if instance_id is not None:
+        raise ShowError(f"{path} is not a run folder; an instance id goes with a run folder")
+    if path.is_dir():
+        trajectory = path / "trajectory.jsonl"
+        if not trajectory.is_file():
+            raise ShowError(f"{path} holds no trajectory.jsonl and is not a run folder; pass a trajectory file")
+        return Target(trajectory, _solve_evaluation(path, eval_dir))
+    if path.parent.name == "trajectories" and is_run_folder(path.parent.parent):
+        instance, _, _ = split_item_id(path.stem)
+        folder = (eval_dir or path.parent.parent / "eval") / instance
+        return Target(path, load_evaluation(folder) if path.stem == instance else None)
+    return Target(path, _solve_evaluation(path.parent, eval_dir) if path.name == "trajectory.jsonl" else None)
+
+
+def _solve_evaluation(folder: Path, eval_dir: Path | None) -> Evaluation | None:
+    """`demo` writes its evaluation to DIR/eval/<instance_id>/: the one folder there with a result."""
+    root = eval_dir or folder / "eval"
+    if not root.is_dir():
+        return None
+    found = [load_evaluation(d) for d in sorted(root.iterdir()) if d.is_dir()]
+    found = [e for e in found if e is not None]
+    return found[0] if len(found) == 1 else None
+
+
+def _turn_title(turn: Turn) -> str:
     tokens = turn.tokens
     cached = f", {tokens.cached} cached" if tokens.cached is not None else ""
-    title = (
+    return (
         f"turn {turn.index} · model {turn.model_seconds:.1f}s · tool {turn.tool_seconds:.1f}s · "
         f"{tokens.prompt} prompt + {tokens.completion} generated tokens{cached}"
     )
-    parts: list = [Rule(title, align="left", style="cyan")]
-    if thinking and turn.thinking:
-        parts.append(Text(clip(turn.thinking.strip(), max_lines), style="dim italic"))
+
+
+def _after_thinking(raw: str) -> str:
+    return raw.split("</think>")[-1].strip() if "</think>" in raw else raw.strip()
+
+
+def render_turn(turn: Turn, opts: ShowOptions) -> Group:
+    parts: list[RenderableType] = [Rule(_turn_title(turn), align="left", style="cyan")]
+    if opts.thinking and turn.thinking:
+        parts.append(_text(turn.thinking.strip(), opts, "dim italic"))
     if turn.format_error:
-        parts.append(Text(turn.format_error, style="bold red"))
-    if turn.action is not None:
-        lexer = "bash" if turn.action.tool == "bash" else "text"
-        body = Syntax(clip(turn.action.body, max_lines), lexer, word_wrap=True, theme="ansi_dark")
-        style = "green" if turn.tool_ok else ("red" if turn.tool_ok is False else "yellow")
-        parts.append(Panel(body, title=f"<tool: {turn.action.tool}>", title_align="left", border_style=style))
-    elif not turn.format_error:
+        # What the model wrote, so the reason of the error can be seen; the error itself once.
+        wrote = turn.raw if not turn.thinking else _after_thinking(turn.raw)
         parts.append(
             Panel(
-                Text(clip(turn.raw.split("</think>")[-1].strip(), max_lines)),
-                title="final response",
+                _text(wrote or "(nothing)", opts),
+                title="reply (not a valid call)",
                 title_align="left",
+                border_style="red",
             )
         )
-    shown = turn.observation or turn.unsent_observation
-    if shown is not None:
-        note = "" if turn.observation else " (not sent: the context was full)"
+        parts.append(Text(f"format error: {turn.format_error}", style="bold red"))
+    elif turn.action is not None:
+        lexer = "bash" if turn.action.tool == "bash" else "text"
+        style = "green" if turn.tool_ok else ("red" if turn.tool_ok is False else "yellow")
         parts.append(
             Panel(
-                Text(clip(shown.content, max_lines)),
-                title=f"{shown.role}{note}",
+                _code(turn.action.body, lexer, opts),
+                title=f"<tool: {turn.action.tool}>",
                 title_align="left",
-                border_style="dim",
+                border_style=style,
             )
+        )
+    else:
+        parts.append(Panel(_text(_after_thinking(turn.raw), opts), title="final response", title_align="left"))
+    shown = turn.observation or getattr(turn, "unsent_observation", None)
+    repeats_error = (
+        turn.format_error is not None
+        and shown is not None
+        and shown.role == "user"
+        and shown.content.strip() == turn.format_error.strip()
+    )
+    if shown is not None and not repeats_error:
+        note = "" if turn.observation else " (not sent: the context was full)"
+        parts.append(
+            Panel(_text(shown.content, opts), title=f"{shown.role}{note}", title_align="left", border_style="dim")
         )
     return Group(*parts)
 
 
-def show_trajectory(
-    path: Path, console: Console, max_lines: int | None = 25, thinking: bool = True, turn: int | None = None
-) -> None:
-    """Print the trajectory at `path`; `turn` prints only that turn."""
-    trajectory = Trajectory.load(path)
-    header = trajectory.header
-    if turn is None:
-        task = header.task
-        console.print(
-            Rule(f"{task.get('task_id', '?')} · run {header.run_id} · model {header.versions.get('model') or '?'}")
-        )
-        console.print(Panel(Text(clip(header.user_prompt, max_lines)), title="task", title_align="left"))
-    for record in trajectory.turns:
-        if turn is None or record.index == turn:
-            console.print(_turn(record, max_lines, thinking))
-    if turn is not None:
-        if not any(t.index == turn for t in trajectory.turns):
-            raise ValueError(f"{path} has no turn {turn} (it has {len(trajectory.turns)})")
-        return
-    result = trajectory.result
-    if result is None:
-        console.print(Rule("no result record: the run was killed or is still going", style="yellow"))
-        return
+def render_header(header: Header, opts: ShowOptions) -> Group:
+    task = header.task
+    title = f"{task.get('task_id', '?')} · run {header.run_id} · model {header.versions.get('model') or '?'}"
+    return Group(Rule(title), Panel(_text(header.user_prompt, opts), title="task", title_align="left"))
+
+
+def render_result(result: Result, opts: ShowOptions) -> Group:
     colour = "green" if result.submission else "red"
-    console.print(
+    parts: list[RenderableType] = [
         Rule(
-            f"[{colour}]{result.exit_status.value}[/{colour}] · {result.turns} turns · {result.elapsed:.1f}s",
+            Text.assemble((result.status.value, colour), f" · {result.turns} turns · {result.elapsed:.1f}s"),
             style=colour,
         )
-    )
+    ]
     if result.detail:
-        console.print(Text(result.detail))
+        parts.append(_text(result.detail, opts))
     diff = result.submission or result.final_diff
     if diff:
         title = "submission" if result.submission else "working tree diff (nothing submitted)"
-        console.print(Panel(Syntax(clip(diff, max_lines), "diff", theme="ansi_dark"), title=title, title_align="left"))
+        parts.append(Panel(_code(diff, "diff", opts), title=title, title_align="left"))
+    return Group(*parts)
+
+
+def render_evaluation(evaluation: Evaluation) -> Group:
+    colour = {"resolved": "green", "unresolved": "red", "empty_patch": "yellow"}.get(evaluation.outcome, "red")
+    parts: list[RenderableType] = [
+        Rule(Text.assemble("evaluation: ", (evaluation.outcome, f"bold {colour}")), style=colour)
+    ]
+    if evaluation.error:
+        parts.append(Text(evaluation.error.strip().splitlines()[0], style="red"))
+    tests = evaluation.tests
+    if tests is not None:
+        for label, ok, failed in (
+            ("FAIL_TO_PASS", tests.fail_to_pass_ok, tests.fail_to_pass_failed),
+            ("PASS_TO_PASS", tests.pass_to_pass_ok, tests.pass_to_pass_failed),
+        ):
+            line = Text(f"{label}: {len(ok)} passed, {len(failed)} failed", style="red" if failed else "green")
+            parts.append(line)
+            parts.extend(Text(f"  failed: {name}", style="red") for name in failed)
+    if evaluation.folder is not None:
+        parts.append(Text(f"logs: {evaluation.folder}", style="dim"))
+    return Group(*parts)
+
+
+def _load(path: Path) -> Trajectory:
+    try:
+        return Trajectory.load(path)
+    except FileNotFoundError:
+        raise ShowError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ShowError(f"{path} is a folder; pass a trajectory file") from None
+    except UnicodeDecodeError:
+        raise ShowError(f"{path} is not a trajectory (not text)") from None
+    except ValueError as exc:
+        raise ShowError(str(exc).splitlines()[0]) from None
+
+
+def show_trajectory(target: Target, console: Console, opts: ShowOptions) -> None:
+    """Print the whole trajectory (or `opts.turn` only), its result and its evaluation."""
+    trajectory = _load(target.trajectory)
+    if opts.turn is not None:
+        turns = [t for t in trajectory.turns if t.index == opts.turn]
+        if not turns:
+            raise ShowError(f"{target.trajectory} has no turn {opts.turn} (it has {len(trajectory.turns)})")
+        console.print(render_turn(turns[0], opts))
+        return
+    console.print(render_header(trajectory.header, opts))
+    for turn in trajectory.turns:
+        console.print(render_turn(turn, opts))
+    if trajectory.result is None:
+        console.print(Rule("no result record: the run was killed or is still going (--follow waits)", style="yellow"))
+    else:
+        console.print(render_result(trajectory.result, opts))
+    if target.evaluation is not None:
+        console.print(render_evaluation(target.evaluation))
+
+
+def one_line_call(turn: Turn) -> tuple[str, str]:
+    """(tool, its call on one line) of a turn; format errors and final replies named as such."""
+    if turn.format_error:
+        return "format error", turn.format_error.splitlines()[0] if turn.format_error else ""
+    if turn.action is None:
+        return "final", _after_thinking(turn.raw).replace("\n", " ⏎ ")
+    return turn.action.tool, turn.action.body.strip().replace("\n", " ⏎ ")
+
+
+def show_list(target: Target, console: Console) -> None:
+    """One row per turn: turn, tool, the call on one line (cut with `…`), seconds, tokens."""
+    trajectory = _load(target.trajectory)
+    table = Table(title=f"{trajectory.header.task.get('task_id', '?')} · {target.trajectory}", title_justify="left")
+    table.add_column("turn", justify="right", no_wrap=True, min_width=4)
+    table.add_column("tool", no_wrap=True, min_width=12)
+    table.add_column("call", no_wrap=True)
+    for name in ("model s", "tool s", "prompt", "gen"):
+        table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
+    # The call is cut here, with a visible `…`, so the other columns keep their width.
+    room = max(20, console.width - 66)
+    for turn in trajectory.turns:
+        tool, call = one_line_call(turn)
+        call = call if len(call) <= room else call[: room - 1] + "…"
+        style = "red" if turn.format_error or turn.tool_ok is False else ""
+        table.add_row(
+            str(turn.index),
+            Text(tool, style=style),
+            call,
+            f"{turn.model_seconds:.1f}",
+            f"{turn.tool_seconds:.1f}",
+            str(turn.tokens.prompt),
+            str(turn.tokens.completion),
+        )
+    console.print(table)
+    result = trajectory.result
+    if result is None:
+        console.print("no result record: the run was killed or is still going")
+    else:
+        console.print(
+            Text.assemble(
+                (result.status.value, "green" if result.submission else "red"),
+                f" · {result.turns} turns · {result.elapsed:.1f}s · {result.tokens.completion} generated tokens",
+            )
+        )
+    if target.evaluation is not None:
+        console.print(render_evaluation(target.evaluation))
+
+
+def follow(
+    target: Target, console: Console, opts: ShowOptions, poll: float = 0.25, on_wait: Callable[[], None] | None = None
+) -> Result:
+    """Print the trajectory's records as they are appended, until its result record; returns it.
+
+    Only whole lines are read, so a record being written is printed once it is complete."""
+    path = target.trajectory
+    if not path.is_file():
+        raise ShowError(f"{path}: no such file")
+    offset, pending = 0, b""
+    waited = False
+    while True:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            chunk = fh.read()
+            offset = fh.tell()
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                record = _records.validate_python(json.loads(line))
+            except ValueError:
+                raise ShowError(f"{path}: a line is not a trajectory record; is this a cwm-agent trajectory?") from None
+            if isinstance(record, Header):
+                console.print(render_header(record, opts))
+            elif isinstance(record, Turn):
+                console.print(render_turn(record, opts))
+            else:
+                console.print(render_result(record, opts))
+                return record
+        if not lines and not waited and on_wait is not None:
+            on_wait()
+            waited = True
+        time.sleep(poll)
