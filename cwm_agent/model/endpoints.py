@@ -26,7 +26,8 @@ from cwm_agent.errors import UserError
 from cwm_agent.model.client import ModelClient, ModelConfig, _normalize_url
 
 _ROLLOUT: contextvars.ContextVar[str | None] = contextvars.ContextVar("cwm_agent_rollout", default=None)
-"""The rollout whose requests are being made (set by `EndpointPool.rollout`, inherited by its tasks)."""
+"""The rollout whose requests are being made (set by `EndpointPool.rollout`, inherited by its tasks); only
+used to forget a lost attempt's requests when its rollout is retried."""
 
 
 class EndpointsError(UserError):
@@ -66,7 +67,7 @@ class LoadTable:
 
     Plain, synchronous and picklable: the same object serves one process (`LocalRouter`) or a cluster
     (inside a Ray actor). A key acquired again before its release (a work item retried after its host
-    was lost) keeps its endpoint, and its requests counted before are dropped: they died with the host.
+    was lost) keeps its endpoint, and the requests it had outstanding are dropped: they died with the host.
     """
 
     def __init__(self, endpoints: int) -> None:
@@ -74,6 +75,7 @@ class LoadTable:
             raise ValueError("a LoadTable needs at least one endpoint")
         self.bound: dict[str, int] = {}
         self.requests: dict[str, int] = {}
+        """Outstanding requests per bound rollout (to drop them when the rollout is retried)."""
         self.outstanding = [0] * endpoints
         self.rollouts = [0] * endpoints
         self.assigned = [0] * endpoints
@@ -82,7 +84,7 @@ class LoadTable:
     def acquire(self, key: str) -> int:
         if key in self.bound:
             index = self.bound[key]
-            self.outstanding[index] -= self.requests.pop(key, 0)
+            self.outstanding[index] = max(0, self.outstanding[index] - self.requests.pop(key, 0))
             return index
         index = min(range(len(self.outstanding)), key=lambda i: (self.outstanding[i], self.rollouts[i], i))
         self.bound[key] = index
@@ -92,21 +94,19 @@ class LoadTable:
 
     def release(self, key: str) -> None:
         index = self.bound.pop(key, None)
+        self.requests.pop(key, None)
         if index is not None:
             self.rollouts[index] -= 1
-            self.outstanding[index] -= self.requests.pop(key, 0)
 
-    def started(self, key: str) -> None:
-        index = self.bound.get(key)
-        if index is not None:
+    def started(self, index: int, key: str | None = None) -> None:
+        self.outstanding[index] += 1
+        if key is not None and self.bound.get(key) == index:
             self.requests[key] = self.requests.get(key, 0) + 1
-            self.outstanding[index] += 1
 
-    def finished(self, key: str) -> None:
-        index = self.bound.get(key)
-        if index is not None and self.requests.get(key, 0) > 0:
+    def finished(self, index: int, key: str | None = None) -> None:
+        self.outstanding[index] = max(0, self.outstanding[index] - 1)
+        if key is not None and self.requests.get(key, 0) > 0:
             self.requests[key] -= 1
-            self.outstanding[index] -= 1
 
     def snapshot(self) -> dict[str, list[int]]:
         return {"outstanding": list(self.outstanding), "rollouts": list(self.rollouts), "assigned": list(self.assigned)}
@@ -121,11 +121,11 @@ class Router(Protocol):
     def release(self, key: str) -> None:
         """Rollout `key` has ended."""
 
-    def started(self, key: str) -> None:
-        """A generation request of rollout `key` is outstanding."""
+    def started(self, index: int, key: str | None = None) -> None:
+        """A generation request to endpoint `index` is outstanding (made by rollout `key`, when known)."""
 
-    def finished(self, key: str) -> None:
-        """One of rollout `key`'s outstanding requests is answered (or failed)."""
+    def finished(self, index: int, key: str | None = None) -> None:
+        """One of those is answered (or failed)."""
 
 
 class LocalRouter:
@@ -140,29 +140,30 @@ class LocalRouter:
     def release(self, key: str) -> None:
         self.table.release(key)
 
-    def started(self, key: str) -> None:
-        self.table.started(key)
+    def started(self, index: int, key: str | None = None) -> None:
+        self.table.started(index, key)
 
-    def finished(self, key: str) -> None:
-        self.table.finished(key)
+    def finished(self, index: int, key: str | None = None) -> None:
+        self.table.finished(index, key)
 
 
 class EndpointClient(ModelClient):
-    """A `ModelClient` for one endpoint of a pool: reports each generation request to the pool's router."""
+    """A `ModelClient` for endpoint `index` of a pool: reports each generation request to the pool's router."""
 
-    def __init__(self, config: ModelConfig, router: Router) -> None:
+    def __init__(self, config: ModelConfig, router: Router, index: int) -> None:
         super().__init__(config)
         self._router = router
+        self.index = index
 
     async def _call(self, method: str, url: str, body: Any, parse: Any, what: str, *, limited: bool, **kwargs: Any):
-        key = _ROLLOUT.get()
-        if not limited or key is None:  # only generations count as load
+        if not limited:  # only generations count as load
             return await super()._call(method, url, body, parse, what, limited=limited, **kwargs)
-        self._router.started(key)
+        key = _ROLLOUT.get()
+        self._router.started(self.index, key)
         try:
             return await super()._call(method, url, body, parse, what, limited=limited, **kwargs)
         finally:
-            self._router.finished(key)
+            self._router.finished(self.index, key)
 
 
 class EndpointPool:
@@ -175,7 +176,9 @@ class EndpointPool:
     def __init__(self, config: ModelConfig, urls: Sequence[str] | None = None, router: Router | None = None) -> None:
         self.urls = [_normalize_url(u) for u in (urls or [config.url])]
         self.router: Router = router if router is not None else LocalRouter(len(self.urls))
-        self.clients = [EndpointClient(config.model_copy(update={"url": u}), self.router) for u in self.urls]
+        self.clients = [
+            EndpointClient(config.model_copy(update={"url": u}), self.router, i) for i, u in enumerate(self.urls)
+        ]
 
     def __len__(self) -> int:
         return len(self.clients)

@@ -181,11 +181,11 @@ class _RayRouter:
     def release(self, key: str) -> None:
         self.actor.release.remote(key)
 
-    def started(self, key: str) -> None:
-        self.actor.started.remote(key)
+    def started(self, index: int, key: str | None = None) -> None:
+        self.actor.started.remote(index, key)
 
-    def finished(self, key: str) -> None:
-        self.actor.finished.remote(key)
+    def finished(self, index: int, key: str | None = None) -> None:
+        self.actor.finished.remote(index, key)
 
 
 def _run_on_worker(fn: ItemFn, make_ctx: MakeCtx, item: Any, router: Any) -> _Shipped:
