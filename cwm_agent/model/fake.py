@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cwm_agent.model.base import Prompt
-from cwm_agent.model.client import Completion, SamplingParams
+from cwm_agent.model.client import Completion, ModelError, SamplingParams
 from cwm_agent.model.scripted_server import ScriptTokenizer
 from cwm_agent.model.tokenizer import TokenizerNotFoundError, load_tokenizer
 
@@ -81,7 +81,7 @@ class FakeModel:
         elif self._replies:
             text = self._replies.pop(0)
         else:
-            raise RuntimeError("the fake model ran out of scripted replies")
+            raise ModelError("the fake model ran out of scripted replies")
         ids = await self.encode(text)
         finish = "stop"
         if len(ids) >= sampling.max_tokens:
