@@ -45,11 +45,20 @@ def eval_command(
     ),
     rerun: bool = typer.Option(False, "--rerun", help="Evaluate again instances already done in OUTPUT."),
     split: str = typer.Option("test", "--split", help="Split, for Hugging Face datasets."),
+    executor_name: str = typer.Option(
+        "local", "--executor", help="Where instances run: local (this host, -w at once) or ray (a Ray cluster)."
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="The Ray cluster's address HOST:PORT (default: the one this host belongs to)."
+    ),
 ) -> None:
     """Evaluate patches: a fresh container per prediction, the official eval script, parsers and grading."""
+    from cwm_agent.runs.executor import make_executor
     from cwm_agent.sandbox.base import SandboxError
     from cwm_agent.swebench.dataset import DatasetError, load_instances, load_predictions
     from cwm_agent.swebench.evaluate import EvalOptions, evaluate_predictions, gold_predictions
+
+    executor = make_executor(executor_name, ray_address)
 
     if network not in ("none", "host"):
         raise _fail(f"--network {network}: use none or host.")
@@ -96,7 +105,9 @@ def eval_command(
         )
 
     try:
-        summary, _ = evaluate_predictions(instances, preds, output, workers, options, on_result=progress)
+        summary, _ = evaluate_predictions(
+            instances, preds, output, workers, options, on_result=progress, executor=executor
+        )
     except SandboxError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, Field
 
@@ -210,10 +210,13 @@ def evaluate_predictions(
     workers: int = 1,
     options: EvalOptions | None = None,
     on_result: Callable[[InstanceResult], None] | None = None,
+    executor: Any = None,
 ) -> tuple[dict, list[InstanceResult]]:
     """Evaluate every prediction whose instance is in `instances`, `workers` at a time.
 
     Returns (the official summary, the per-instance results); the summary is also OUT/report.json.
+    `executor`: a `cwm_agent.runs.executor` executor other than the local one (Ray) runs each instance
+    where it places it; its files come back into `out_dir`, written here.
     """
     options = options or EvalOptions()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,6 +224,8 @@ def evaluate_predictions(
     todo = [p for p in predictions if p.instance_id in by_id]
     results: dict[str, InstanceResult] = {}
     client = None
+    if executor is not None and executor.name != "local":
+        return _evaluate_elsewhere(executor, instances, by_id, todo, out_dir, workers, options, on_result)
 
     def one(pred: Prediction) -> InstanceResult:
         if not options.rerun:
@@ -253,6 +258,76 @@ def evaluate_predictions(
             write_text_atomic(out_dir / "report.json", json.dumps(summary, indent=4) + "\n")
     ordered = [results[p.instance_id] for p in todo if p.instance_id in results]
     return summary, ordered
+
+
+def evaluate_item(item: tuple[SWEBenchInstance, str | None], ctx: tuple[Path, EvalOptions]) -> InstanceResult:
+    """`evaluate_instance` as an executor's `fn(item, ctx)`: item = (instance, patch), ctx = (folder, options)."""
+    instance, patch = item
+    out_dir, options = ctx
+    return evaluate_instance(instance, patch, out_dir, options)
+
+
+@dataclass
+class _EvalContext:
+    """An executor's `make_ctx` for `evaluate_item`: the item's folder (where it runs) and the options."""
+
+    options: EvalOptions
+
+    def __call__(self, item: Any, place: Any) -> tuple[Path, EvalOptions]:
+        return place.out_dir, self.options
+
+
+def _evaluate_elsewhere(executor, instances, by_id, todo, out_dir, workers, options, on_result):
+    """`evaluate_predictions` through an executor: instances done before are skipped here, the rest run
+    where the executor puts them; the summary is written here as results come."""
+    import asyncio
+
+    from cwm_agent.runs.executor import map_items
+    from cwm_agent.swebench.images import candidate_images
+
+    results: dict[str, InstanceResult] = {}
+    items = []
+    for pred in todo:
+        done = None if options.rerun else load_done(out_dir, pred.instance_id)
+        if done is not None:
+            results[done.instance_id] = done
+            if on_result:
+                on_result(done)
+        else:
+            items.append((by_id[pred.instance_id], pred.model_patch))
+
+    def images(item: tuple[SWEBenchInstance, str | None]) -> list[str] | None:
+        if not item[1] or options.allow_pull:
+            return None  # an empty patch needs no image; a pulled one can be had anywhere
+        return candidate_images(item[0], options.registry_prefix)
+
+    def finished(item: Any, res: InstanceResult) -> None:
+        results[res.instance_id] = res
+        if on_result:
+            on_result(res)
+
+    async def run() -> None:
+        wanted = [name for item in items for name in images(item) or []]
+        await executor.open(out_dir, images=wanted)
+        try:
+            await map_items(
+                executor, items, evaluate_item, _EvalContext(options), finished,
+                key=lambda item: item[0].instance_id, workers=executor.capacity or workers, images=images,
+            )  # fmt: skip
+        finally:
+            await executor.close()
+
+    try:
+        if items:
+            asyncio.run(run())
+    finally:
+        summary = make_summary(
+            [i.instance_id for i in instances],
+            [p.instance_id for p in todo],
+            {k: r.outcome for k, r in results.items()},
+        )
+        write_text_atomic(out_dir / "report.json", json.dumps(summary, indent=4) + "\n")
+    return summary, [results[p.instance_id] for p in todo if p.instance_id in results]
 
 
 def gold_predictions(instances: list[SWEBenchInstance], model_name: str = "gold") -> list[Prediction]:
