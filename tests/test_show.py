@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from cwm_agent.agent.trajectory import Action, ExitStatus, Header, Result, TokenCounts, TrajectoryWriter, Turn
@@ -72,3 +75,116 @@ def test_show_partial_trajectory_and_mistakes(tmp_path):
     (tmp_path / "junk.jsonl").write_text("hello\nworld\n")
     junk = show(str(tmp_path / "junk.jsonl"))
     assert junk.returncode == 2 and "Traceback" not in junk.stderr
+
+
+def test_a_format_error_turn_shows_what_the_model_wrote_and_the_error_once(tmp_path):
+    path = tmp_path / "t.jsonl"
+    write_trajectory(path)
+    proc = show(str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "reply (not a valid call)" in proc.stdout and "oops" in proc.stdout
+    assert proc.stdout.count("MissingThinkEnd: close your thinking") == 1
+
+
+def test_long_lines_are_cut_with_a_marker(tmp_path):
+    path = tmp_path / "t.jsonl"
+    writer = TrajectoryWriter(path)
+    writer.write(Header(run_id="r1", started_at=0.0, versions={}, task={"task_id": "wide"}, config={}, reasoning=True,
+                        system_prompt="S", user_prompt="x" * 1000))  # fmt: skip
+    writer.close()
+    proc = show(str(path), "--width", "100")
+    assert proc.returncode == 0, proc.stderr
+    assert "⟨… +900 chars⟩" in proc.stdout
+    assert "more chars" not in show(str(path), "--full").stdout and "⟨…" not in show(str(path), "--full").stdout
+
+
+def test_color_always_survives_a_pipe_and_no_color_never_colours(tmp_path):
+    path = tmp_path / "t.jsonl"
+    write_trajectory(path)
+    always = show(str(path), "--color", "always")  # stdout is a pipe, and NO_COLOR=1 is set
+    assert always.returncode == 0 and "\x1b[" in always.stdout
+    never = show(str(path), "--color", "never")
+    assert never.returncode == 0 and "\x1b[" not in never.stdout
+    bad = show(str(path), "--color", "sometimes")
+    assert bad.returncode == 2 and "--color sometimes" in bad.stderr
+
+
+def test_list_has_one_row_per_turn(tmp_path):
+    path = tmp_path / "t.jsonl"
+    write_trajectory(path)
+    proc = show(str(path), "--list")
+    assert proc.returncode == 0, proc.stderr
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("│")]
+    assert len(rows) == 2
+    assert "bash" in rows[0] and "seq 100" in rows[0] and "1.5" in rows[0] and "100" in rows[0]
+    assert "format error" in rows[1] and "MissingThinkEnd" in rows[1]
+    assert "turn_limit · 2 turns" in proc.stdout
+
+
+def test_folders_solve_output_and_a_folder_without_a_trajectory(tmp_path):
+    solve_dir = tmp_path / "solve-1"
+    solve_dir.mkdir()
+    write_trajectory(solve_dir / "trajectory.jsonl")
+    # demo writes its evaluation beside: DIR/eval/<instance_id>/result.json + report.json
+    (solve_dir / "eval" / "demo-1").mkdir(parents=True)
+    (solve_dir / "eval" / "demo-1" / "result.json").write_text('{"instance_id": "demo-1", "outcome": "unresolved"}')
+    (solve_dir / "eval" / "demo-1" / "report.json").write_text(
+        '{"demo-1": {"patch_successfully_applied": true, "resolved": false, "tests_status": '
+        '{"FAIL_TO_PASS": {"success": [], "failure": ["test_calc.py::test_add"]}, '
+        '"PASS_TO_PASS": {"success": ["test_calc.py::test_sub"], "failure": []}}}}'
+    )
+    proc = show(str(solve_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert "Fix the bug in calc.py" in proc.stdout
+    assert "evaluation: unresolved" in proc.stdout and "failed: test_calc.py::test_add" in proc.stdout
+    assert "PASS_TO_PASS: 1 passed, 0 failed" in proc.stdout
+    empty = tmp_path / "demo"
+    empty.mkdir()
+    proc = show(str(empty))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "holds no trajectory.jsonl" in proc.stderr
+    assert show(str(tmp_path / "nowhere")).stderr.count("\n") == 1
+
+
+def test_follow_prints_turns_as_they_are_written_until_the_result(tmp_path):
+    path = tmp_path / "t.jsonl"
+    full = tmp_path / "full.jsonl"
+    write_trajectory(full)
+    records = full.read_text().splitlines(keepends=True)
+    path.write_text(records[0])  # the header only: the episode has just started
+    proc = subprocess.Popen([sys.executable, "-m", "cwm_agent.cli", "show", str(path), "--follow"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={"COLUMNS": "120", "NO_COLOR": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
+
+    def append_slowly() -> None:
+        for record in records[1:]:
+            time.sleep(0.6)
+            with path.open("a") as fh:  # a record arrives in two writes, as a slow flush would make it
+                half = len(record) // 2
+                fh.write(record[:half])
+                fh.flush()
+                time.sleep(0.3)
+                fh.write(record[half:])
+
+    writer = threading.Thread(target=append_slowly)
+    writer.start()
+    out, err = proc.communicate(timeout=30)
+    writer.join()
+    assert proc.returncode == 0, err
+    assert "Fix the bug in calc.py" in out and "turn 1 ·" in out and "turn 2 ·" in out
+    assert "turn_limit" in out and "+    return a + b" in out
+    assert "Ctrl-C stops" in err
+
+
+def test_follow_stops_cleanly_on_ctrl_c(tmp_path):
+    path = tmp_path / "t.jsonl"
+    write_trajectory(path, finished=False)
+    proc = subprocess.Popen([sys.executable, "-m", "cwm_agent.cli", "show", str(path), "--follow"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={"COLUMNS": "120", "NO_COLOR": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    first = proc.stderr.readline()  # said once the file's records are printed and it waits for more
+    assert "Ctrl-C stops" in first
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "turn 2 ·" in out and "stopped following" in err and "Traceback" not in err
