@@ -2,7 +2,7 @@
 # Set up a machine that has (at most) Docker's client: install and start the engine, install
 # cwm-agent, build the base sandbox image. Idempotent; needs root for the engine and debootstrap.
 #   bash scripts/setup.sh [--test] [--trust-host-ca]
-#     --test           also install the test dependencies (pytest, hypothesis, tiktoken, playwright + Debian's
+#     --test           also install the test dependencies (pytest, hypothesis, tiktoken, ray, playwright + Debian's
 #                      chromium), fetch Llama 3's
 #                      tokenizer.model (CWM's BPE) and build the local SWE-bench instance images the tests use
 #     --trust-host-ca  image builds trust this host's CA bundle (TLS-inspecting proxies)
@@ -13,7 +13,7 @@ extras="swebench"
 ca_flag=""
 for arg in "$@"; do
   case "$arg" in
-    --test) extras="swebench,test" ;;
+    --test) extras="swebench,test,ray" ;;
     --trust-host-ca) ca_flag="--trust-host-ca" ;;
     *) echo "setup.sh: unknown option $arg (use --test, --trust-host-ca)" >&2; exit 2 ;;
   esac
@@ -41,7 +41,7 @@ echo "setup: installing cwm-agent[$extras]"
 python3 -m pip install -q -e ".[$extras]"
 
 cwm-agent setup $ca_flag
-if [ "$extras" = "swebench,test" ]; then
+if [ "$extras" = "swebench,test,ray" ]; then
   # The token-id tests need CWM's BPE file: taken from the llama-models wheel into ~/.cache/cwm-agent.
   python3 -m cwm_agent.model.tokenizer fetch
   # The report tests open pages in a real browser: Debian's chromium, driven by Playwright through its
