@@ -12,7 +12,7 @@ from typing import Any, Callable
 import typer
 
 from cwm_agent import __version__
-from cwm_agent.cli import reports, sandbox, serve, setup, solve, swebench, swebench_run, tts
+from cwm_agent.cli import forage, reports, sandbox, serve, setup, solve, swebench, swebench_run, tts
 from cwm_agent.cli.common import command
 
 _SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -34,6 +34,7 @@ swebench_app = _typer(
     "swebench", "SWE-bench: run the agent over a dataset, evaluate patches like the official harness."
 )
 sandbox_app = _typer("sandbox", "Manage the project's sandbox containers.")
+forage_app = _typer("forage", "ForagerAgent: mutate-fix tasks from a repository image, trajectories, training records.")
 
 
 @app.callback()
@@ -62,6 +63,9 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any]]] = [
     (swebench_app, "tts-report", tts.tts_report_command),
     (swebench_app, "stats", reports.stats),
     (sandbox_app, "prune", sandbox.prune_command),
+    (forage_app, "tasks", forage.tasks_command),
+    (forage_app, "run", forage.run_command),
+    (forage_app, "export", forage.export_command),
 ]
 """(group, name, function) of every command."""
 
@@ -69,6 +73,7 @@ for _group, _name, _fn in COMMANDS:
     _group.command(_name)(command(_fn))
 app.add_typer(swebench_app, name="swebench")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(forage_app, name="forage")
 
 
 def main() -> None:

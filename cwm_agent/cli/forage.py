@@ -1,0 +1,161 @@
+"""`cwm-agent forage tasks|run|export`: mutate-fix tasks from a repository image, trajectories, training records."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from cwm_agent.cli.common import SET_HELP, UsageError, check_output_dir, parse_set_options
+from cwm_agent.cli.console import err
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def tasks_command(
+    image: str = typer.Option(..., "--image", help="The repository image (the code and its tests at --repo-dir)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Tasks file to write (JSONL, SWE-bench format)."),
+    count: int = typer.Option(10, "--count", "-n", min=1, help="Tasks to make."),
+    seed: int = typer.Option(0, "--seed", help="Seed: the same seed on the same image gives the same tasks."),
+    repo_dir: str = typer.Option("/testbed", "--repo-dir", help="Where the repository is in the image."),
+    test_cmd: str = typer.Option(
+        "pytest", "--test-cmd", help="The project's pytest command, run in --repo-dir (e.g. 'python -m pytest tests')."
+    ),
+    repo: Optional[str] = typer.Option(None, "--repo", help="The tasks' `repo` (default: from the image name)."),
+    version: str = typer.Option("forage", "--version", help="The tasks' `version`."),
+    max_candidates: Optional[int] = typer.Option(
+        None, "--max-candidates", min=1, help="Most mutations to try (default: 30 per task)."
+    ),
+    per_function: int = typer.Option(2, "--per-function", min=1, help="Most tasks from one function."),
+    test_timeout: float = typer.Option(600.0, "--test-timeout", min=1, help="Seconds the test suite may run."),
+) -> None:
+    """Make mutate-fix tasks: bugs put into covered functions, each validated by its tests, each with its own image."""
+    from cwm_agent.forager.generate import ForageOptions, generate_tasks, write_tasks
+    from cwm_agent.sandbox.cleanup import sigterm_as_interrupt, sweep_run
+
+    if output.is_dir():
+        raise UsageError(f"--output {output} is a directory; pass a file name (e.g. tasks.jsonl).")
+    if not output.parent.exists():
+        raise UsageError(f"--output {output}: folder {output.parent} does not exist.")
+    run_id = uuid.uuid4().hex[:12]
+    options = ForageOptions(
+        image=image, repo_dir=repo_dir, test_cmd=test_cmd, count=count, seed=seed, repo=repo, version=version,
+        max_candidates=max_candidates, per_function=per_function, test_timeout=test_timeout, run_id=run_id,
+    )  # fmt: skip
+
+    def progress(s) -> None:
+        rejected = ", ".join(f"{k} {v}" for k, v in sorted(s.rejected.items())) or "none"
+        err.print(f"tried {s.tried}: {s.accepted}/{count} kept; rejected: {rejected}", highlight=False)
+
+    try:
+        with sigterm_as_interrupt():
+            rows, stats = generate_tasks(options, on_progress=progress)
+    except KeyboardInterrupt:
+        sweep_run(run_id)
+        err.print("interrupted: containers removed, no tasks file written.", highlight=False)
+        raise typer.Exit(130) from None
+    except BaseException:
+        sweep_run(run_id)
+        raise
+    write_tasks(rows, output)
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(stats.rejected.items())) or "none"
+    typer.echo(
+        f"{len(rows)} tasks written to {output} ({stats.passing_tests} passing tests, "
+        f"{stats.covered_functions} covered functions, {stats.candidates} candidate mutations, {stats.tried} tried; "
+        f"rejected: {rejected}) in {stats.seconds.get('total', 0):.1f} s"
+    )
+    if len(rows) < count:
+        err.print(
+            f"only {len(rows)} of the {count} tasks asked for: the candidates (or --max-candidates) ran out.",
+            highlight=False,
+        )
+        if not rows:
+            raise typer.Exit(1)
+
+
+def run_command(
+    tasks: Path = typer.Option(..., "--tasks", "-t", help="Tasks file (from `forage tasks`)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Run folder."),
+    workers: int = typer.Option(4, "--workers", "-w", min=1, help="Episodes at once (one sandbox each)."),
+    rollouts: int = typer.Option(1, "--rollouts", "-k", min=1, help="Trajectories per task."),
+    model_url: Optional[str] = typer.Option(None, "--model-url", help="OpenAI-compatible endpoint."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML config (see `cwm-agent config`)."),
+    set_options: Optional[List[str]] = typer.Option(None, "--set", "-c", help=SET_HELP),
+    rerun_errors: bool = typer.Option(False, "--rerun-errors", help="Run again items that ended in an error."),
+) -> None:
+    """Collect trajectories on a tasks file (K per task), then evaluate each one with its task's tests; resumable."""
+    from cwm_agent.agent.config import load_config
+    from cwm_agent.cli.swebench_run import progress_line
+    from cwm_agent.forager.collect import collect, evaluate_run
+    from cwm_agent.sandbox.cleanup import sigterm_as_interrupt, sweep_run
+    from cwm_agent.swebench.dataset import load_instances
+    from cwm_agent.swebench.evaluate import EvalOptions
+
+    check_output_dir(output)
+    overrides = parse_set_options(set_options)
+    if model_url:
+        overrides.setdefault("model", {})["url"] = model_url
+    config = load_config(config_file, overrides)
+    instances = load_instances(tasks)
+    if not instances:
+        raise UsageError(f"--tasks {tasks} holds no task.")
+    run_id = uuid.uuid4().hex[:12]
+    last = -1
+
+    def update(p) -> None:
+        nonlocal last
+        if p.done != last:
+            last = p.done
+            err.print(progress_line(p), highlight=False, soft_wrap=True)
+
+    try:
+        with sigterm_as_interrupt() as terminated:
+            progress = asyncio.run(
+                collect(instances, config, output, workers, rollouts, rerun_errors, on_update=update, run_id=run_id)
+            )
+            summary = evaluate_run(output, workers, EvalOptions(run_id=run_id))
+    except KeyboardInterrupt:
+        sweep_run(run_id)
+        how = "terminated" if terminated else "interrupted"
+        err.print(f"{how}: containers removed; finished items are kept in {output} (run again to resume).")
+        raise typer.Exit(143 if terminated else 130) from None
+    except BaseException:
+        sweep_run(run_id)
+        raise
+    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(summary["outcomes"].items()))
+    typer.echo(
+        f"{progress.done}/{progress.total} trajectories ({len(instances)} tasks x {rollouts}), "
+        f"{progress.errors} errors; evaluated: {outcomes}; export with: cwm-agent forage export {output} -o train.jsonl"
+    )
+
+
+def export_command(
+    run_dir: Path = typer.Argument(..., help="Run folder (from `forage run`)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Records file to write (JSONL)."),
+    only_resolved: bool = typer.Option(False, "--only-resolved", help="Keep only trajectories whose patch resolved."),
+    max_tokens: Optional[int] = typer.Option(
+        None, "--max-tokens", min=1, help="Drop trajectories whose final context is over N tokens."
+    ),
+    dedup: bool = typer.Option(
+        False, "--dedup", help="Drop near-duplicate trajectories within a repository (MinHash)."
+    ),
+    threshold: float = typer.Option(0.9, "--threshold", min=0.01, max=1.0, help="Jaccard similarity for --dedup."),
+) -> None:
+    """Write one training record per trajectory: CWM dialogue, exact rendered text, outcome, tokens."""
+    from cwm_agent.forager.export import export_run
+
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is not a folder; pass a `forage run` output folder.")
+    if output.is_dir():
+        raise UsageError(f"--output {output} is a directory; pass a file name (e.g. train.jsonl).")
+    summary = export_run(run_dir, output, only_resolved, max_tokens, dedup, threshold)
+    reasons = ", ".join(f"{k} {v}" for k, v in summary["dropped_by_reason"].items()) or "none"
+    typer.echo(f"{summary['kept']} records written to {output}; dropped {summary['dropped']} ({reasons})")
+    typer.echo(f"summary: {output.with_name(output.name + '.summary.json')}")

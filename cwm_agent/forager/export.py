@@ -1,0 +1,187 @@
+"""`forage export`: a run folder's trajectories as training records, near-duplicates removed.
+
+One record per trajectory (DIR/trajectories/<item_id>.jsonl):
+
+- `item_id`, `instance_id` (the task), `repo`, `rollout`, `outcome` (the evaluation: resolved |
+  unresolved | empty_patch | error | not_evaluated), `exit_status`, `turns`;
+- `messages`: the dialogue in CWM's roles (`system`, `user`, `assistant`, `tool: NAME`), each
+  `content` exactly as rendered into the prompt; assistant messages also carry `thinking`;
+- `tokens`: prompt (summed over requests), completion (generated), context (final dialogue size);
+- `text`: the exact CWM text of the episode: the last request's prompt (`rebuild_prompt`: every
+  earlier request is a prefix of it) + the last reply + `<|eot_id|>`; `prompt`: that last request alone;
+- `token_ids`: the ids where the trajectory kept them (else absent).
+
+Near-duplicates (`--dedup`): within each repository, MinHash over word 5-gram shingles of the
+assistant and tool messages (`datasketch`, 128 permutations, fixed seed) with an LSH index at the
+Jaccard threshold; trajectories are taken resolved first, then by item id, and a trajectory whose
+near-duplicate was already kept is dropped. The summary says how many were kept and why each other
+one was dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from cwm_agent.agent.files import write_text_atomic
+from cwm_agent.agent.trajectory import Trajectory, rebuild_prompt
+from cwm_agent.errors import UserError
+from cwm_agent.prompts.render import EOT
+from cwm_agent.swebench.dataset import load_instances
+
+SHINGLE = 5
+NUM_PERM = 128
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+class ExportError(UserError, ValueError):
+    """The run folder cannot be exported; the message says why."""
+
+
+def _outcome(run_dir: Path, item: str) -> str:
+    try:
+        return json.loads((run_dir / "eval" / item / "result.json").read_text())["outcome"]
+    except (OSError, ValueError, KeyError):
+        return "not_evaluated"
+
+
+def _task_rows(run_dir: Path) -> dict[str, dict]:
+    path = run_dir / "tasks.jsonl"
+    if not path.exists():
+        return {}
+    return {i.instance_id: i.as_dict() for i in load_instances(path)}
+
+
+def trajectory_record(path: Path, run_dir: Path, rows: dict[str, dict]) -> dict[str, Any]:
+    """The training record of one trajectory file (its `text` is None for `model.api: chat` runs)."""
+    traj = Trajectory.load(path)
+    item = path.name.removesuffix(".jsonl")
+    row = rows.get(item, {})
+    messages: list[dict[str, Any]] = []
+    turns = iter(traj.turns)
+    for message in traj.messages():
+        entry: dict[str, Any] = {"role": message.role, "content": message.content}
+        if message.role == "assistant":
+            turn = next(turns)
+            entry["thinking"] = turn.thinking
+        messages.append(entry)
+    try:
+        prompt = rebuild_prompt(traj)
+    except ValueError:
+        prompt = None
+    text = None
+    if prompt is not None:
+        text = prompt
+        last = traj.turns[-1] if traj.turns else None
+        if last is not None and last.observation is None:
+            text += last.raw.removesuffix(EOT) + EOT
+    result = traj.result
+    record: dict[str, Any] = {
+        "item_id": item,
+        "instance_id": row.get("forage_task") or traj.header.task.get("task_id") or item,
+        "repo": row.get("repo", ""),
+        "rollout": row.get("rollout", 0),
+        "outcome": _outcome(run_dir, item),
+        "exit_status": result.exit_status.value if result else "unfinished",
+        "turns": len(traj.turns),
+        "tokens": {
+            "prompt": sum(t.tokens.prompt for t in traj.turns),
+            "completion": sum(t.tokens.completion for t in traj.turns),
+            "context": result.context_tokens if result else 0,
+        },
+        "messages": messages,
+        "prompt": prompt,
+        "text": text,
+    }
+    ids = [getattr(t, "token_ids", None) for t in traj.turns]
+    if ids and all(i is not None for i in ids):
+        record["token_ids"] = ids
+    return record
+
+
+def _shingles(record: dict) -> set[str]:
+    words = [
+        w
+        for m in record["messages"]
+        if m["role"] == "assistant" or m["role"].startswith("tool: ")
+        for w in _WORD.findall(m["content"])
+    ]
+    if len(words) < SHINGLE:
+        return {" ".join(words)}
+    return {" ".join(words[i : i + SHINGLE]) for i in range(len(words) - SHINGLE + 1)}
+
+
+def _dedup(records: list[dict], threshold: float) -> dict[str, str]:
+    """item_id -> the item it near-duplicates, for every record to drop."""
+    from datasketch import MinHash, MinHashLSH
+
+    dropped: dict[str, str] = {}
+    by_repo: dict[str, list[dict]] = {}
+    for r in records:
+        by_repo.setdefault(r["repo"], []).append(r)
+    for repo_records in by_repo.values():
+        lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+        ordered = sorted(repo_records, key=lambda r: (r["outcome"] != "resolved", r["item_id"]))
+        for r in ordered:
+            mh = MinHash(num_perm=NUM_PERM, seed=1)
+            for s in sorted(_shingles(r)):
+                mh.update(s.encode("utf-8"))
+            near = lsh.query(mh)
+            if near:
+                dropped[r["item_id"]] = sorted(near)[0]
+                continue
+            lsh.insert(r["item_id"], mh)
+    return dropped
+
+
+def export_run(
+    run_dir: Path,
+    output: Path,
+    only_resolved: bool = False,
+    max_tokens: int | None = None,
+    dedup: bool = False,
+    threshold: float = 0.9,
+) -> dict[str, Any]:
+    """Write the records to `output` (JSONL) and its summary beside it (`<output>.summary.json`); returns the summary."""
+    traj_dir = run_dir / "trajectories"
+    if not traj_dir.is_dir():
+        raise ExportError(
+            f"{run_dir} has no trajectories/ folder; pass a `forage run` (or `swebench run`) output folder."
+        )
+    rows = _task_rows(run_dir)
+    records, dropped = [], {}
+    for path in sorted(traj_dir.glob("*.jsonl")):
+        try:
+            record = trajectory_record(path, run_dir, rows)
+        except (ValueError, OSError) as exc:
+            dropped[path.stem] = f"unreadable: {exc}"
+            continue
+        if record["exit_status"] == "unfinished":
+            dropped[record["item_id"]] = "unfinished (no result record)"
+        elif only_resolved and record["outcome"] != "resolved":
+            dropped[record["item_id"]] = f"not resolved ({record['outcome']})"
+        elif max_tokens is not None and record["tokens"]["context"] > max_tokens:
+            dropped[record["item_id"]] = f"over --max-tokens ({record['tokens']['context']} > {max_tokens})"
+        else:
+            records.append(record)
+    if dedup:
+        for item, original in _dedup(records, threshold).items():
+            dropped[item] = f"near-duplicate of {original}"
+        records = [r for r in records if r["item_id"] not in dropped]
+    write_text_atomic(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    reasons = Counter(reason.split(" (")[0].split(" of ")[0].split(":")[0] for reason in dropped.values())
+    summary = {
+        "run_dir": str(run_dir),
+        "output": str(output),
+        "kept": len(records),
+        "dropped": len(dropped),
+        "dropped_by_reason": dict(sorted(reasons.items())),
+        "kept_by_outcome": dict(Counter(r["outcome"] for r in records)),
+        "dropped_items": dict(sorted(dropped.items())),
+        "options": {"only_resolved": only_resolved, "max_tokens": max_tokens, "dedup": dedup, "threshold": threshold},
+    }
+    write_text_atomic(output.with_name(output.name + ".summary.json"), json.dumps(summary, indent=2) + "\n")
+    return summary
