@@ -181,7 +181,8 @@ def test_an_unknown_model_is_a_client_error():
 
 def test_a_request_that_takes_too_long_times_out_and_is_retried_within_limits():
     with ScriptedServer(["slow"], latency=3.0) as server:
-        config = fast_config(server.url, model="cwm-scripted", request_timeout=0.3, max_retries=1)
+        # The deadline (by default request_timeout, for the whole request) leaves room for the retry.
+        config = fast_config(server.url, model="cwm-scripted", request_timeout=0.3, max_retries=1, request_deadline=5)
         started = time.monotonic()
         with pytest.raises(ModelUnavailableError, match="no reply in time"):
             run(ModelClient(config).complete("hi"))
@@ -315,3 +316,57 @@ def test_an_exhausted_script_answers_500_naming_the_request():
         httpx.post(f"{server.url}/completions", json={"prompt": "a", "max_tokens": 5}, timeout=5)
         reply = httpx.post(f"{server.url}/completions", json={"prompt": "b", "max_tokens": 5}, timeout=5)
     assert reply.status_code == 500 and "no reply left for generation request #1" in reply.json()["error"]["message"]
+
+
+def test_a_server_that_accepts_and_never_answers_costs_at_most_the_request_deadline():
+    with ScriptedServer(["too late"], latency=30.0) as server:
+        config = fast_config(server.url, model="cwm-scripted", request_timeout=3600.0, request_deadline=1.0)
+        started = time.monotonic()
+        with pytest.raises(
+            ModelUnavailableError, match=r"did not answer completions within 1s \(model.request_deadline\)"
+        ):
+            run(ModelClient(config).complete("hi"))
+        assert time.monotonic() - started < 3.0
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_circuit_breaker_opens_when_every_request_fails_for_breaker_seconds():
+    from cwm_agent.model.client import ModelDownError
+
+    port = _closed_port()
+    config = fast_config(f"http://127.0.0.1:{port}/v1", model="m", max_retries=1000, breaker_seconds=1.0)
+    client = ModelClient(config)
+
+    async def go():
+        started = time.monotonic()
+        with pytest.raises(
+            ModelDownError, match=r"is down: every request has failed for 1s \(model.breaker_seconds: 1"
+        ):
+            await client.complete("hi")
+        assert 0.9 < time.monotonic() - started < 3.0
+        started = time.monotonic()
+        with pytest.raises(ModelDownError):  # open: later requests fail at once
+            await client.complete("again")
+        assert time.monotonic() - started < 0.1
+
+    run(go())
+
+
+def test_a_success_resets_the_breaker_clock():
+    with ScriptedServer(["ok"] * 3) as server:
+        server.inject_faults([Fault.http(503)] * 3)
+        config = fast_config(server.url, model="cwm-scripted", breaker_seconds=0.4)
+        client = ModelClient(config)
+
+        async def go():
+            assert (await client.complete("a")).text == "ok"  # 3 failures over ~0.3 s, then a success
+            await asyncio.sleep(0.5)
+            server.inject_faults([Fault.http(503)])
+            assert (await client.complete("b")).text == "ok"  # the clock restarted at the success
+
+        run(go())

@@ -50,6 +50,11 @@ class ModelUnavailableError(ModelError):
     """The server could not be reached or kept failing until the retry budget ran out."""
 
 
+class ModelDownError(ModelUnavailableError):
+    """Every request to the server has failed for `ModelConfig.breaker_seconds`: the circuit breaker
+    is open and later requests fail at once. A batch treats it as fatal (no instance could succeed)."""
+
+
 class ContextLengthError(ModelError):
     """The prompt (plus the reply budget) does not fit the server's context window."""
 
@@ -79,8 +84,15 @@ class ModelConfig(BaseModel):
     """completions: send our rendered CWM text (prefix caching hits); chat: let the server template."""
     api_key: str | None = None
     """Sent as a Bearer token (vLLM --api-key)."""
-    request_timeout: float = 3600.0
-    """Seconds one request may take; a 65536-token reply under load takes many minutes."""
+    request_timeout: float = Field(3600.0, gt=0)
+    """Seconds one attempt may wait for the server's next bytes; a 65536-token reply under load takes many
+    minutes."""
+    request_deadline: float | None = Field(None, gt=0)
+    """Seconds one request may take in all, attempts and retries included, however the server behaves (one
+    that accepts and never answers, or trickles bytes). None: request_timeout."""
+    breaker_seconds: float | None = Field(300.0, gt=0)
+    """Circuit breaker: once every request has failed for this long (no success in between), the server
+    counts as down: ModelDownError, now and for every later request of this client. None: never."""
     connect_timeout: float = 10.0
     """Seconds to open a connection."""
     max_retries: int = Field(8, ge=0)
@@ -262,6 +274,10 @@ class ModelClient:
         self._tokenizer_lock = threading.Lock()
         self._tokenizer: Any = None
         self._ids_fields: dict[str, Any] | None = None  # set by supports_token_ids
+        self._failing_since: float | None = None
+        """When requests started failing with no success since (the circuit breaker's clock)."""
+        self._down: str | None = None
+        """Why the breaker opened; set once, then every request fails at once."""
 
     async def __aenter__(self) -> ModelClient:
         return self
@@ -586,16 +602,29 @@ class ModelClient:
         """Send with retries; return (parsed reply, seconds of the good attempt, attempts)."""
         http, limit = self._bind()
         cfg = self.config
+        if self._down is not None:
+            raise ModelDownError(self._down)
         failing_since: float | None = None
+        deadline = time.monotonic() + (cfg.request_deadline or cfg.request_timeout)
         attempt = 0
         while True:
             attempt += 1
             try:
                 async with limit if limited else contextlib.nullcontext():
                     sent = time.monotonic()
-                    resp = await http.request(method, url, json=body, timeout=timeout or httpx.USE_CLIENT_DEFAULT)
+                    request = http.request(method, url, json=body, timeout=timeout or httpx.USE_CLIENT_DEFAULT)
+                    resp = await asyncio.wait_for(request, max(0.0, deadline - sent))
                 latency = time.monotonic() - sent
-                return parse(self._reply_json(resp, what)), latency, attempt
+                result = parse(self._reply_json(resp, what)), latency, attempt
+                self._failing_since = None
+                return result
+            except asyncio.TimeoutError:
+                spent = cfg.request_deadline or cfg.request_timeout
+                self._note_failure(what, "no reply before the request's deadline")
+                raise ModelUnavailableError(
+                    f"the model server at {self.url} did not answer {what} within {spent:g}s "
+                    f"(model.request_deadline), {attempt} attempt{'s' if attempt > 1 else ''}"
+                ) from None
             except _Retry as exc:
                 reason, retry_after = exc.reason, exc.retry_after
             except _BadReply as exc:
@@ -607,17 +636,39 @@ class ModelClient:
             # The budget runs from the first failure: neither waiting for a slot behind other
             # rollouts nor a long good generation before a failure is retrying.
             failing_since = failing_since if failing_since is not None else time.monotonic()
+            self._note_failure(what, reason)
             elapsed = time.monotonic() - failing_since
             delay = min(cfg.retry_max_delay, cfg.retry_initial_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             if retry_after is not None:
                 delay = max(delay, min(retry_after, cfg.retry_max_delay))
-            if not retries or attempt > cfg.max_retries or elapsed + delay > cfg.retry_total_seconds:
+            if (
+                not retries
+                or attempt > cfg.max_retries
+                or elapsed + delay > cfg.retry_total_seconds
+                or (time.monotonic() + delay > deadline)
+            ):
                 tries = f"after {attempt} attempt{'s' if attempt > 1 else ''} in {elapsed:.1f}s"
                 raise ModelUnavailableError(
                     f"the model server at {self.url} is not reachable or keeps failing ({what}: {reason}, {tries}); "
                     + START_HINT
                 )
             await asyncio.sleep(delay)
+
+    def _note_failure(self, what: str, reason: str) -> None:
+        """Start or advance the circuit breaker's clock; open it (ModelDownError) once every request has
+        failed for `breaker_seconds`."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        limit = self.config.breaker_seconds
+        if limit is not None and now - self._failing_since >= limit and self._down is None:
+            self._down = (
+                f"the model server at {self.url} is down: every request has failed for "
+                f"{now - self._failing_since:.0f}s (model.breaker_seconds: {limit:g}; last: {what}: {reason}); "
+                + START_HINT
+            )
+        if self._down is not None:
+            raise ModelDownError(self._down)
 
     def _reply_json(self, resp: httpx.Response, what: str) -> dict[str, Any]:
         status = resp.status_code
