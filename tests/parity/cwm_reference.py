@@ -10,10 +10,10 @@ tests), and feeds them one scripted reply per step. What is CWM's and what is ou
   methods (`run_bash` with its exit-code call, `create_session`, `timed_out`, `destroy`), its
   `AsyncSession` (the persistent bash), its tool functions and its edit/create plugin scripts.
 - Ours: Modal itself. A Docker container (network none) stands in for the Modal sandbox, `docker exec -i
-  CONTAINER bash` for the sandbox's `/bin/bash`, and a private event loop in a thread for the in-sandbox
-  server that holds the session. The sandbox's lifetime is enforced like Modal's: past it, the sandbox is
-  gone and the next call fails. Grading is replaced by a recorder: the env's eval gets the submission and
-  reports "fail" with a note, nothing runs.
+  CONTAINER bash -c 'exec /bin/bash 2>&1'` for the sandbox's `/bin/bash`, and a private event loop in a
+  thread for the in-sandbox server that holds the session. The sandbox's lifetime is enforced like
+  Modal's: past it, the sandbox is gone and the next call fails. Grading is replaced by a recorder: the
+  env's eval gets the submission and reports "fail" with a note, nothing runs.
 
 Not thread-safe: an episode patches two names in CWM's modules while it runs. Needs a Docker engine.
 """
@@ -296,9 +296,14 @@ def _owner_start_ticks() -> str:
     return ""
 
 
+STARTED_CONTAINERS: list[str] = []
+"""Every container this process started (for tests that check none is left)."""
+
+
 def start_container(image: str) -> str:
     """Start a container like a Modal sandbox (workdir "/", no network) and return its name."""
     name = f"cwm-reference-{uuid.uuid4().hex[:12]}"
+    STARTED_CONTAINERS.append(name)
     try:
         _docker(
             "run", "-d", "--name", name, "--network", "none", "--workdir", "/", "--entrypoint", "",
@@ -387,6 +392,8 @@ class DockerSandbox:
         self._procs: list[Any] = []
         self._killers: list[subprocess.Popen[str]] = []
         self._dead = False
+        self.expired = False
+        """The sandbox outlived its lifetime (Modal would have killed it)."""
 
     def poll(self) -> int | None:
         return 0 if self._dead else None
@@ -467,7 +474,10 @@ def _local_backend_class(cwm: _Cwm) -> type:
             name = method.__name__
             if name == "create_session":
                 sandbox.session = cwm.session.AsyncSession(
-                    command_args=["docker", "exec", "-i", sandbox.object_id, "bash"],
+                    # Modal's server starts /bin/bash with stderr on its stdout pipe. `docker exec` carries
+                    # the two streams apart and its client merges them out of order (stderr can come after
+                    # the end marker), so they are joined inside the container, as there.
+                    command_args=["docker", "exec", "-i", sandbox.object_id, "bash", "-c", "exec /bin/bash 2>&1"],
                     timeout=kwargs["session_timeout"],
                     start_script=kwargs.get("start_script"),
                 )
@@ -491,11 +501,13 @@ def _local_backend_class(cwm: _Cwm) -> type:
                 left = self.config.sandbox_timeout - self.duration
                 if left <= 0:
                     coro.close()
+                    self.sandbox.expired = True
                     self.sandbox.terminate()
                     raise modal_backend.ServerError("the sandbox outlived its lifetime")
             try:
                 return self.sandbox.loop.run(coro, timeout=left)
             except TimeoutError:
+                self.sandbox.expired = True
                 self.sandbox.terminate()
                 raise modal_backend.ServerError("the sandbox outlived its lifetime") from None
 
@@ -530,21 +542,6 @@ def split_messages(tokenizer: Any, ids: list[int]) -> list[tuple[str, str]]:
         messages.append((role, text[2:]))
         i = k
     return messages
-
-
-def _ending(info: dict, graded: bool) -> Ending:
-    if graded:
-        return "graded"
-    message = str(info.get("message", ""))
-    for prefix, ending in (
-        ("Context size exceeded", "context_limit"),
-        ("Max turns reached", "turn_limit"),
-        ("Tool call format error", "format_error"),
-        ("Timeout:", "sandbox_timeout"),
-    ):
-        if message.startswith(prefix):
-            return ending  # type: ignore[return-value]
-    raise AssertionError(f"unrecognised terminal transition: {info!r}")
 
 
 def run_reference(
@@ -634,9 +631,17 @@ def run_reference(
             infos.append(transition.info)
             actions.append(transition.action_str)
             if transition.terminal:
-                was_graded = len(recorder.submissions) > grades_before
-                ending = _ending(transition.info, was_graded)
-                graded = recorder.submissions[-1] if was_graded else None
+                # Told apart by the state the env checked, not by its info messages (its own texts).
+                if len(recorder.submissions) > grades_before:
+                    ending, graded = "graded", recorder.submissions[-1]
+                elif state.num_tokens > env_config.context_size:
+                    ending = "context_limit"
+                elif state.step_id >= env_config.max_turns:
+                    ending = "turn_limit"
+                elif sandbox.expired:
+                    ending = "sandbox_timeout"
+                else:
+                    ending = "format_error"  # the strict (test-generation) env's end on a format error
                 break
         return ReferenceEpisode(
             messages=split_messages(tokenizer, context),

@@ -13,6 +13,7 @@ import pytest
 
 from .cwm_reference import (
     DEFAULT_IMAGE,
+    STARTED_CONTAINERS,
     ReferenceEpisode,
     default_release,
     default_tokenizer_model,
@@ -112,10 +113,10 @@ def image() -> str:
 @pytest.fixture(autouse=True)
 def no_container_left():
     yield
-    left = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", "name=cwm-reference-"], capture_output=True, text=True
-    ).stdout.split()
-    assert left == [], "the reference runner left containers behind"
+    names = [f"--filter=name=^{name}$" for name in STARTED_CONTAINERS]
+    if names:
+        left = subprocess.run(["docker", "ps", "-aq", *names], capture_output=True, text=True).stdout.split()
+        assert left == [], "the reference runner left containers behind"
 
 
 def assert_layout(episode: ReferenceEpisode) -> None:
@@ -187,19 +188,19 @@ def test_patch_episode_matches_the_facts(image):
     # A timeout drops the partial output, kills the rest of the command line, and resets the directory.
     role, body = obs[2]
     assert role == "tool: bash" and "partial" not in body
-    assert tool_output(body).startswith("The current session has terminated due to timeout.")
-    assert tool_output(body).endswith(".")
+    assert "\n" not in tool_output(body) and "timeout" in tool_output(body) and tool_output(body).endswith(".")
     assert tool_output(obs[3][1]) == "/testbed\nls: cannot access '/tmp/after': No such file or directory\n"
     # edit and create print their messages, ending in a newline.
     assert obs[4][0] == "tool: edit" and tool_output(obs[4][1]).endswith("\n")
     assert obs[5][0] == "tool: create" and tool_output(obs[5][1]).endswith("\n")
-    assert "(2 lines)" in obs[5][1]
+    assert "notes.txt" in obs[5][1] and "2" in tool_output(obs[5][1])
     # printf x: no newline added.
     assert tool_output(obs[6][1]) == "x"
     # Format errors and an unknown tool are user messages without wrapper or budget; they take turns.
-    assert obs[7] == ("user", "FormatError: No tool calls found")
-    assert obs[8] == ("user", "FormatError: Expected exactly one thinking end token, got 0")
-    assert obs[9][0] == "user" and obs[9][1].startswith("NoSuchToolError: ") and "'python'" in obs[9][1]
+    for role, body in obs[7:10]:
+        assert role == "user" and "<output>" not in body and "<budget>" not in body
+    assert obs[7][1].startswith("FormatError: ") and obs[8][1].startswith("FormatError: ")
+    assert obs[9][1].startswith("NoSuchToolError: ") and "'python'" in obs[9][1]
     assert tool_output(obs[10][1]) == ""
     # submit shows the patch with its final newline kept before </submission>.
     assert obs[11][0] == "tool: submit"
@@ -218,11 +219,11 @@ def test_limits_end_without_grading(image):
         call("bash", "ls"),
     ]
     ep = run(replies, image, config={"max_turns": 3})
+    prompt_end = ep.messages[1][1][-200:]
     assert_layout(ep)
     assert_tool_messages(ep, max_turns=3)
     assert ep.ending == "turn_limit" and ep.graded_submission is None
     assert ep.messages[-1] == ("assistant", "<think>\n" + replies[-1])
-    assert ep.infos[-1]["message"] == "Max turns reached"
 
     # A context over its size ends it at the next reply.
     replies = [call("bash", "seq 1 400"), call("bash", "ls")]
@@ -233,15 +234,33 @@ def test_limits_end_without_grading(image):
     replies = [call("bash", "ls"), call("bash", "sleep 10"), call("bash", "ls")]
     ep = run(replies, image, config={"sandbox_timeout": 3})
     assert ep.ending == "sandbox_timeout" and ep.graded_submission is None
-    assert ep.infos[-1]["message"].startswith("Timeout: ")
     assert len(ep.actions) == 2
+
+    # The caps apply to whole messages: a tool message is cut on the right, losing its wrapper end and the
+    # budget; the issue's user message is cut on the left, keeping its end.
+    config = {"max_user_turn_len": 200, "max_prompt_len": 300}
+    ep = run_reference(
+        RELEASE,
+        [call("bash", "seq 1 300")],
+        issue="HEAD " + "word " * 400,
+        image=image,
+        tokenizer_model=TOKENIZER,
+        config=config,
+    )
+    tok = load_tokenizer(RELEASE, TOKENIZER)
+    user, tool = ep.messages[1][1], ep.messages[3][1]
+    assert user.startswith("[...]") and "HEAD" not in user and user.endswith(prompt_end)
+    assert tool.startswith("<output>\n1\n2\n") and tool.endswith("[...]")
+    assert "</output>" not in tool and "<budget>" not in tool
+    assert len(tok.encode(tool)) <= 200 - len(tok.encode("tool: bash")) - 4
 
     # Replies that run out leave the episode running, at an open generation prompt.
     ep = run([call("bash", "exit")], image)
     assert_layout(ep)
     assert ep.ending == "running"
     assert ep.messages[-1] == ("assistant", "<think>\n")
-    assert ep.messages[-2][1].startswith("<output>\nThe current session has terminated unexpectedly.")
+    exited = tool_output(ep.messages[-2][1])
+    assert "\n" not in exited and "timeout" not in exited and exited.endswith(".")
 
 
 TEST_SCRIPT = (
@@ -270,4 +289,3 @@ def test_test_generation_episode(image):
     # Before a submission, any format error ends a test-generation episode.
     ep = run([call("bash", "ls"), reply("No call.")], image, kind="test")
     assert ep.ending == "format_error" and ep.graded_submission is None
-    assert ep.infos[-1]["message"] == "Tool call format error: FormatError: No tool calls found"
