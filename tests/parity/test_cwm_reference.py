@@ -228,6 +228,8 @@ def test_limits_end_without_grading(image):
     # A context over its size ends it at the next reply.
     replies = [call("bash", "seq 1 400"), call("bash", "ls")]
     ep = run(replies, image, config={"context_size": 1500})
+    assert_tool_messages(ep, context_size=1500)
+    assert "* Remaining tokens: -" in ep.messages[3][1]  # not clamped at 0
     assert ep.ending == "context_limit" and ep.graded_submission is None
 
     # A sandbox past its lifetime ends it.
