@@ -1,284 +1,226 @@
-"""The tools' logic without a sandbox: text in, message or new file content out.
+"""The tools' logic without a sandbox: CWM's rules, text in, message or new file content out.
 
-The shell snippets the tools send to the sandbox (path probe, `git apply --check` on a
-throwaway index) are run here in a real local bash against a real git repository.
+Where the copy of CWM's release is at ../shared/cwm-release, its own edit and create plugin scripts
+are run on the same inputs (in a local Python, on files in a temporary directory) and must leave
+the same file and say the same things (numbers, snippets, which error), modulo wording.
 """
 
 from __future__ import annotations
 
-import os
+import json
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cwm_agent.sandbox.base import RunResult, RunStatus
 from cwm_agent.tools import TOOLS, ToolContext, run_tool
-from cwm_agent.tools.base import parse_probe, probe_command, resolve_path
-from cwm_agent.tools.bash import bash_output, bash_result
+from cwm_agent.tools.base import as_plugin_input, parse_probe, probe_command, resolve_path
+from cwm_agent.tools.bash import SESSION_ENDED, bash_result
 from cwm_agent.tools.create import created_message, parse_create
-from cwm_agent.tools.edit import EditError, apply_edit, apply_request, parse_edit
-from cwm_agent.tools.submit import (
-    SubmitError,
-    apply_check_command,
-    check_patch_text,
-    parse_submit_path,
-    read_apply_check,
+from cwm_agent.tools.edit import FORMAT_HINT, EditError, apply_edit, parse_edit
+from cwm_agent.tools.release import ReleaseError, load_release
+from cwm_agent.tools.submit import REFUSALS, check_submission
+
+RELEASE = Path(__file__).resolve().parents[1].parent / "shared" / "cwm-release"
+needs_release = pytest.mark.skipif(
+    not (RELEASE / "cwm/rl/swerl/tools.py").is_file(), reason=f"CWM's release is not at {RELEASE}"
 )
 
 FILE = "\n".join(f"line {i}" for i in range(1, 21)) + "\n"
 
 
 def edit_body(path: str, search: str, replace: str) -> str:
-    """An edit call's body; an empty `replace` means no replacement lines at all."""
-    replacement = f"{replace}\n" if replace else ""
-    return f"{path}\n<<<<<<< SEARCH\n{search}\n=======\n{replacement}>>>>>>> REPLACE"
+    return f"{path}\n<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE"
 
 
-def do_edit(data: str | bytes, search: str, replace: str, path: str = "f.py"):
-    raw = data.encode() if isinstance(data, str) else data
-    return apply_request(raw, parse_edit(edit_body(path, search, replace)))
+def edit_text(content: str, body: str) -> tuple[bool, str, str]:
+    """What the edit tool does to a file's text (newlines as read by the plugin): ok, message, new text."""
+    request = parse_edit(body)
+    content = content.replace("\r\n", "\n").replace("\r", "\n")
+    try:
+        outcome = apply_edit(content, request.search, request.replace, request.path)
+    except EditError as error:
+        return False, str(error), content
+    return True, outcome.message, outcome.content
 
 
 # ---------------------------------------------------------------- edit: parsing
 
 
-def test_parse_edit_reads_path_search_and_replacement():
-    request = parse_edit(edit_body("  src/a.py  ", "x = 1\ny = 2", "x = 3"))
-    assert request.path == "src/a.py"
-    assert request.splits == [(["x = 1", "y = 2"], ["x = 3"])]
+def test_parse_edit_takes_the_line_before_the_block_as_path_and_ignores_the_rest():
+    request = parse_edit("ignored\n  a.py \n<<<<<<< SEARCH\nx\ny\n=======\nz\n>>>>>>> REPLACE\ntrailing words")
+    assert (request.path, request.search, request.replace) == ("  a.py ", "x\ny", "z")
 
 
-def test_parse_edit_empty_replacement_means_deletion():
-    request = parse_edit("a.py\n<<<<<<< SEARCH\nx = 1\n=======\n>>>>>>> REPLACE")
-    assert request.splits == [(["x = 1"], [])]
-    # One blank replacement line is a blank line, as in CWM's own tool.
-    request = parse_edit("a.py\n<<<<<<< SEARCH\nx = 1\n=======\n\n>>>>>>> REPLACE")
-    assert request.splits == [(["x = 1"], [""])]
-    assert apply_request(b"x = 1\ny\n", request).data == b"\ny\n"
+def test_parse_edit_search_and_replacement_may_be_empty_lines():
+    request = parse_edit("a.py\n<<<<<<< SEARCH\n\n=======\n\n>>>>>>> REPLACE")
+    assert (request.search, request.replace) == ("", "")
+
+
+def test_parse_edit_crlf_body_is_read_as_lf():
+    request = parse_edit("a.py\r\n<<<<<<< SEARCH\r\nx\r\n=======\r\ny\r\n>>>>>>> REPLACE")
+    assert (request.path, request.search, request.replace) == ("a.py", "x", "y")
 
 
 @pytest.mark.parametrize(
-    "body, phrase",
+    "body",
     [
-        ("a.py\nx = 1", "No SEARCH/REPLACE block"),
-        ("a.py", "No SEARCH/REPLACE block"),
-        (
-            edit_body("a.py", "a", "b") + "\n" + "<<<<<<< SEARCH\nc\n=======\nd\n>>>>>>> REPLACE",
-            "Only one SEARCH/REPLACE block",
-        ),
-        ("a.py\n<<<<<<< SEARCH\nx\n=======\ny", "no `>>>>>>> REPLACE` line"),
-        ("a.py\n<<<<<<< SEARCH\nx\ny\n>>>>>>> REPLACE", "no `=======` line"),
-        ("a.py\n<<<<<<< SEARCH\n=======\ny\n>>>>>>> REPLACE", "search part of the block is empty"),
-        ("<<<<<<< SEARCH\nx\n=======\ny\n>>>>>>> REPLACE", "first line of an edit call must be the path"),
-        ("a.py\nb.py\n<<<<<<< SEARCH\nx\n=======\ny\n>>>>>>> REPLACE", "Only the path may come before"),
-        (edit_body("a.py", "x", "y") + "\nmore", "Nothing may follow"),
+        "a.py\nx = 1",
+        "<<<<<<< SEARCH\nx\n=======\ny\n>>>>>>> REPLACE",  # no path line
+        "a.py\n<<<<<<< SEARCH\nx\n=======\ny",
+        "a.py\n<<<<<<< SEARCH\nx\ny\n>>>>>>> REPLACE",
+        "a.py\n<<<<<<< SEARCH \nx\n=======\ny\n>>>>>>> REPLACE",
     ],
 )
-def test_parse_edit_errors_say_what_is_wrong(body, phrase):
+def test_parse_edit_without_a_block_shows_the_form(body):
     with pytest.raises(EditError) as error:
         parse_edit(body)
-    assert phrase in str(error.value)
+    assert str(error.value) == FORMAT_HINT
 
 
-def test_parse_edit_forgives_blank_lines_around_the_block():
-    request = parse_edit("a.py\n\n<<<<<<< SEARCH\nx\n=======\ny\n>>>>>>> REPLACE\n\n")
-    assert request.splits == [(["x"], ["y"])]
+def test_parse_edit_two_blocks_is_an_error_with_the_count():
+    with pytest.raises(EditError, match="this one has 2"):
+        parse_edit(edit_body("a", "x", "y") + "\n" + edit_body("b", "z", "w"))
 
 
-# ---------------------------------------------------------------- edit: applying
+# ---------------------------------------------------------------- edit: CWM's matching
 
 
-def test_edit_success_reports_line_count_and_numbered_snippet():
-    outcome = do_edit(FILE, "line 10\nline 11", "line ten\nline ten and a half\nline eleven")
-    assert outcome.data.decode() == FILE.replace("line 10\nline 11\n", "line ten\nline ten and a half\nline eleven\n")
-    assert "was updated at line 10 and now has 21 lines" in outcome.message
-    # 8 lines of context each side, numbered like `cat -n`.
-    assert "     2\tline 2\n" in outcome.message
-    assert "     1\tline 1" not in outcome.message
-    assert "    10\tline ten\n    11\tline ten and a half\n    12\tline eleven\n" in outcome.message
-    assert "    20\tline 19\n" in outcome.message
-    assert "    21\tline 20" not in outcome.message
-    assert "Review the change" in outcome.message
+def test_search_starts_at_a_line_start_and_may_end_mid_line():
+    ok, message, new = edit_text("def f(a):\n    pass\n", edit_body("f.py", "def f(", "def g("))
+    assert ok and new == "def g(a):\n    pass\n"
+    assert "line 1" in message and "2 lines" not in message and "3 lines" in message  # "a\n" has 2 newlines+1
 
 
-def test_edit_deletes_lines():
-    outcome = do_edit(FILE, "line 3\nline 4", "")
-    assert outcome.data.decode() == FILE.replace("line 3\nline 4\n", "")
-    assert "now has 18 lines" in outcome.message
-    assert "     2\tline 2\n     3\tline 5\n" in outcome.message
+def test_prefix_of_another_line_is_ambiguous_and_names_the_lines():
+    ok, message, new = edit_text("x = 1\ny = 2\nx = 10\n", edit_body("f.py", "x = 1", "x = 2"))
+    assert not ok and new == "x = 1\ny = 2\nx = 10\n"
+    assert "starting at lines 1, 3." in message
 
 
-def test_edit_matches_whole_lines_only():
-    # "line 1" is a prefix of "line 10".."line 19" but only line 1 equals it.
-    outcome = do_edit(FILE, "line 1", "first")
-    assert outcome.data.decode().startswith("first\nline 2\n")
-    assert "line 10\n" in outcome.data.decode()
-    with pytest.raises(EditError, match="do not appear verbatim"):
-        do_edit(FILE, "line", "x")
+def test_search_in_the_middle_of_a_line_is_not_found():
+    ok, message, _ = edit_text("a = x = 1\n", edit_body("f.py", "x = 1", "x = 2"))
+    assert not ok and message.startswith("Nothing was replaced") and "indentation" in message
 
 
-def test_edit_not_found_names_the_line_with_other_indentation():
-    text = "def f():\n    return 1\n\n\ndef g():\n    return 2\n"
-    with pytest.raises(EditError) as error:
-        do_edit(text, "return 2", "return 3")
-    message = str(error.value)
-    assert "No change was made" in message
-    assert "line(s) 6" in message
-    assert "indentation" in message
+def test_not_found_hint_only_when_the_first_line_is_somewhere_in_the_file():
+    ok, message, _ = edit_text("def f():\n    return 1\n", edit_body("f.py", "return 1\nmore", "x"))
+    assert not ok and "indentation included" in message
+    ok, message, _ = edit_text("def f():\n    return 1\n", edit_body("f.py", "nowhere", "x"))
+    assert not ok and "indentation" not in message
 
 
-def test_edit_not_found_points_at_first_differing_line():
-    text = "a = 1\nb = 2\nc = 3\n"
-    with pytest.raises(EditError) as error:
-        do_edit(text, "a = 1\nb = 2 \nc = 3", "z")
-    message = str(error.value)
-    assert "Search lines 1-1 match lines 1-1" in message
-    assert "search line 2 differs from file line 2 only in whitespace" in message
-    assert "     2\tb = 2" in message
+def test_overlapping_occurrences_are_ambiguous():
+    ok, message, _ = edit_text("a\na\na\n", edit_body("f.py", "a\na", "b"))
+    assert not ok and "lines 1, 2" in message
 
 
-def test_edit_found_several_times_gives_line_numbers():
-    text = "x = 1\ny = 2\nx = 1\nz\nx = 1\n"
-    with pytest.raises(EditError) as error:
-        do_edit(text, "x = 1", "x = 2")
-    assert "appear 3 times" in str(error.value)
-    assert "lines 1, 3, 5" in str(error.value)
+def test_success_message_numbers_and_snippet_window():
+    ok, message, new = edit_text(FILE, edit_body("f.py", "line 10\nline 11", "ten\nten and a half\neleven"))
+    assert ok and new == FILE.replace("line 10\nline 11\n", "ten\nten and a half\neleven\n")
+    # 21 lines and a final newline: 22 by CWM's count (newlines + 1).
+    assert "line 10" in message and "22 lines" in message
+    snippet = [line for line in message.splitlines() if re.match(r"^ {0,5}\d+\t", line)]
+    # From 8 above the start to 8 + the replacement's newlines below it.
+    assert snippet[0] == "     2\tline 2" and snippet[-1] == "    20\tline 19" and len(snippet) == 19
+    assert "    10\tten\n    11\tten and a half\n    12\televen\n" in message
 
 
-def test_edit_keeps_crlf_line_endings():
-    outcome = do_edit(b"a\r\nb\r\nc\r\n", "b", "B1\nB2")
-    assert outcome.data == b"a\r\nB1\r\nB2\r\nc\r\n"
-    assert "\r" not in outcome.message
+def test_crlf_file_comes_back_lf_and_missing_final_newline_stays_missing():
+    ok, _, new = edit_text("a\r\nb\r\nc", edit_body("f.py", "c", "d"))
+    assert ok and new == "a\nb\nd"
 
 
-def test_edit_keeps_missing_final_newline():
-    outcome = do_edit(b"a\nb\nc", "c", "C")
-    assert outcome.data == b"a\nb\nC"
-    outcome = do_edit(b"a\nb\nc", "b", "B")
-    assert outcome.data == b"a\nB\nc"
-    outcome = do_edit(b"a\nb\nc", "b\nc", "")
-    assert outcome.data == b"a"
-    outcome = do_edit(b"a\nb\n", "a\nb", "")
-    assert outcome.data == b""
-    assert "now has 0 lines" in outcome.message
-
-
-def test_edit_keeps_bytes_that_are_not_utf8():
-    data = b"# caf\xe9\nx = 1\n"
-    outcome = do_edit(data, "x = 1", "x = 2")
-    assert outcome.data == b"# caf\xe9\nx = 2\n"
-    assert "\ufffd" in outcome.message  # shown to the model as a replacement character
-
-
-def test_edit_refuses_binary_files():
-    with pytest.raises(EditError, match="binary"):
-        do_edit(b"\x00\x01x\n", "x", "y")
-
-
-def test_edit_identical_replacement_says_unchanged():
-    outcome = do_edit(FILE, "line 2", "line 2")
-    assert not outcome.changed
-    assert "unchanged" in outcome.message
-
-
-def test_edit_divider_inside_search_is_resolved_by_the_file():
-    rst = "Title\n=======\n\nBody text.\n"
-    body = "doc.rst\n<<<<<<< SEARCH\nTitle\n=======\n=======\nNew title\n=======\n>>>>>>> REPLACE"
-    outcome = apply_request(rst.encode(), parse_edit(body))
-    assert outcome.data.decode() == "New title\n=======\n\nBody text.\n"
-
-
-def test_apply_edit_empty_file():
-    with pytest.raises(EditError, match="do not appear"):
-        apply_edit(b"", ["x"], ["y"], "e.py")
+def test_empty_search_matches_a_one_line_file_only():
+    ok, _, new = edit_text("abc", "f\n<<<<<<< SEARCH\n\n=======\nnew\n>>>>>>> REPLACE")
+    assert ok and new == "newabc"
+    ok, message, _ = edit_text("a\nb", "f\n<<<<<<< SEARCH\n\n=======\nnew\n>>>>>>> REPLACE")
+    assert not ok and "lines 1, 2" in message
 
 
 # ---------------------------------------------------------------- create
 
 
-def test_create_content_gets_a_final_newline():
-    assert parse_create("a.py\nprint(1)") == ("a.py", "print(1)\n")
-    assert parse_create("a.py\nx\n") == ("a.py", "x\n")
-    assert parse_create("a.py\nx\n\n") == ("a.py", "x\n\n")
-    assert parse_create(" pkg/__init__.py ") == ("pkg/__init__.py", "")
+@pytest.mark.parametrize(
+    "body, path, content",
+    [
+        ("p\nx", "p", "x"),
+        ("p\nx\n", "p", "x\n"),
+        ("p", "p", ""),
+        ("p\n", "p", ""),
+        ("p\n\n", "p", "\n"),
+        ("p\r\na\r\nb", "p", "a\nb"),
+        (" p \nx", " p ", "x"),
+    ],
+)
+def test_create_writes_the_content_as_given(body, path, content):
+    assert parse_create(body) == (path, content)
 
 
-def test_created_message_counts_lines():
-    assert created_message("t.py", "a\nb\n") == "The file t.py was created (2 lines)."
-    assert created_message("t.py", "a\n") == "The file t.py was created (1 line)."
-    assert created_message("t.py", "") == "The file t.py was created (0 lines)."
+def test_created_message_counts_newlines_plus_one():
+    assert created_message("a.py", "") == "Created a.py (1 lines)."
+    assert created_message("a.py", "x\ny\n") == "Created a.py (3 lines)."
+
+
+def test_as_plugin_input_is_the_heredocs_stdin_in_text_mode():
+    assert as_plugin_input("a\r\nb\rc") == "a\nb\nc\n"
 
 
 # ---------------------------------------------------------------- bash
 
 
-def run_result(output: str, status: RunStatus, restarted: bool = False) -> RunResult:
+def run_result(output: str, status: RunStatus) -> RunResult:
     return RunResult(
-        output=output, exit_code=0 if status is RunStatus.OK else None, status=status, elapsed=0.5, restarted=restarted
+        output=output,
+        exit_code=0 if status is RunStatus.OK else None,
+        status=status,
+        elapsed=0.5,
+        restarted=status is not RunStatus.OK,
     )
 
 
-def test_bash_drops_one_trailing_newline_and_shows_no_exit_code():
-    result = bash_result(run_result("a\nb\n", RunStatus.OK), 120, "/testbed")
-    assert result.output == "a\nb"
-    assert result.ok and not result.timed_out and not result.restarted
-    assert result.elapsed == 0.5
+def test_bash_output_is_exactly_what_the_command_printed():
+    result = bash_result(run_result("file\n", RunStatus.OK))
+    assert (result.output, result.ok, result.restarted) == ("file\n", True, False)
 
 
-def test_bash_timeout_says_session_restarted_in_default_directory():
-    result = bash_result(run_result("partial\n", RunStatus.TIMEOUT, restarted=True), 120, "/testbed")
-    assert result.output.startswith("partial\n\n")
-    assert "did not finish within 120 seconds" in result.output
-    assert "fresh session has started in the default working directory (/testbed)" in result.output
-    assert result.timed_out and result.restarted and not result.ok
-
-
-def test_bash_timeout_without_restart_says_session_kept():
-    output = bash_output(run_result("", RunStatus.TIMEOUT, restarted=False), 2.5, "/testbed")
-    assert output.startswith("The command did not finish within 2.5 seconds")
-    assert "session is still the same" in output
-
-
-def test_bash_dead_session_is_reported():
-    result = bash_result(run_result("bye\n", RunStatus.SESSION_DIED, restarted=True), 120, "/w")
-    assert result.output.startswith("bye\n\nThe session ended during this command")
-    assert "(/w)" in result.output
-    assert result.restarted and not result.ok
-
-
-def test_bash_truncated_output_keeps_the_marker():
-    text = "head\n[... 5000 bytes cut ...]\ntail\n"
-    result = bash_result(run_result(text, RunStatus.OUTPUT_TRUNCATED), 120, "/testbed")
-    assert result.output == text[:-1]
-    assert result.ok
+@pytest.mark.parametrize("status", [RunStatus.TIMEOUT, RunStatus.OUTPUT_TOO_LONG, RunStatus.SESSION_DIED])
+def test_a_session_that_ended_shows_only_why(status):
+    result = bash_result(run_result("partial output\n", status))
+    assert result.output == SESSION_ENDED[status] and "partial" not in result.output
+    assert not result.ok and result.restarted and result.timed_out == (status is RunStatus.TIMEOUT)
+    assert "new session" in result.output and "default" in result.output
 
 
 # ---------------------------------------------------------------- submit
 
 
-def test_submit_path_parsing():
-    assert parse_submit_path("  /tmp/p.diff \n") == "/tmp/p.diff"
-    with pytest.raises(SubmitError, match="not the patch itself"):
-        parse_submit_path("diff --git a/x b/x\n--- a/x\n+++ b/x\n")
-    with pytest.raises(SubmitError, match="single line"):
-        parse_submit_path("a.diff\nb.diff")
-
-
 @pytest.mark.parametrize(
-    "text, phrase",
-    [("", "the file is empty"), ("  \n", "the file is empty"), ("--- a/x\n+++ b/x\n", "not a git diff")],
+    "text, kind, reason",
+    [
+        ("diff --git a/x b/x\n", "patch", None),
+        ("", "patch", "empty"),
+        (" \n\n", "patch", "empty"),
+        ("--- a/x\n+++ b/x\n", "patch", "not_diff"),
+        (" diff --git a/x b/x\n", "patch", "not_diff"),
+        ("", "file", None),
+        ("anything", "file", None),
+    ],
 )
-def test_submit_text_checks(text, phrase):
-    with pytest.raises(SubmitError, match=phrase):
-        check_patch_text(text, "/tmp/p.diff")
+def test_submit_checks_only_emptiness_and_the_diff_start(text, kind, reason):
+    assert check_submission(text, kind) == reason
 
 
-def test_submit_accepts_a_diff():
-    check_patch_text("diff --git a/x b/x\n", "p.diff")
+def test_submit_refusals_name_the_path():
+    assert all("{path}" in message for message in REFUSALS.values())
 
 
-# ---------------------------------------------------------------- shell snippets, run in a real local bash
+# ---------------------------------------------------------------- path probe, run in a real local bash
 
 
 def sh(command: str, cwd: Path) -> str:
@@ -286,48 +228,33 @@ def sh(command: str, cwd: Path) -> str:
     return done.stdout + done.stderr
 
 
-def git(repo: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
-    root.mkdir()
-    git(root, "init", "-q")
-    (root / "a.py").write_text("x = 1\ny = 2\n")
-    git(root, "add", "a.py")
-    git(root, "commit", "-qm", "base")
-    return root
-
-
-def test_probe_reports_on_paths(repo: Path):
-    (repo / "sub").mkdir()
-    os.chmod(repo / "a.py", 0o755)
-    os.symlink("a.py", repo / "link.py")
-    info = parse_probe(sh(probe_command("a.py"), repo), "a.py")
-    assert (info.path, info.exists, info.is_dir, info.parent_is_dir, info.mode) == (
-        str(repo / "a.py"),
+def test_probe_reports_on_paths(tmp_path: Path):
+    root = tmp_path
+    (root / "a.py").write_text("x\n")
+    (root / "sub").mkdir()
+    (root / "a.py").chmod(0o755)
+    (root / "link.py").symlink_to("a.py")
+    (root / "dangling").symlink_to("nowhere/x")
+    info = parse_probe(sh(probe_command("a.py"), root), "a.py")
+    assert (info.path, info.exists, info.is_dir, info.parent_exists, info.mode) == (
+        str(root / "a.py"),
         True,
         False,
         True,
         0o755,
     )
-    info = parse_probe(sh(probe_command("sub"), repo), "sub")
+    info = parse_probe(sh(probe_command("sub"), root), "sub")
     assert info.exists and info.is_dir and info.mode is None
-    info = parse_probe(sh(probe_command("nope/new.py"), repo), "nope/new.py")
-    assert not info.exists and not info.parent_is_dir and info.real_path is None
-    info = parse_probe(sh(probe_command("sub/../new file.py"), repo), "sub/../new file.py")
-    assert info.path == str(repo / "new file.py") and info.parent_is_dir and not info.exists
-    info = parse_probe(sh(probe_command("link.py"), repo), "link.py")
-    assert info.path == str(repo / "link.py") and info.real_path == str(repo.resolve() / "a.py")
+    info = parse_probe(sh(probe_command("nope/new.py"), root), "nope/new.py")
+    assert not info.exists and not info.parent_exists and info.real_path is None
+    # `..` is folded before the parent is looked at, as os.path.abspath does.
+    info = parse_probe(sh(probe_command("nope/../new file.py"), root), "nope/../new file.py")
+    assert info.path == str(root / "new file.py") and info.parent_exists and not info.exists
+    info = parse_probe(sh(probe_command("a.py/x"), root), "a.py/x")
+    assert info.parent_exists and not info.parent_is_dir
+    info = parse_probe(sh(probe_command("link.py"), root), "link.py")
+    assert info.real_path == str(root.resolve() / "a.py")
+    assert not parse_probe(sh(probe_command("dangling"), root), "dangling").exists
 
 
 def test_resolve_path():
@@ -336,84 +263,170 @@ def test_resolve_path():
     assert resolve_path("/", "a") == "/a"
 
 
-def test_apply_check_accepts_a_patch_for_the_base_and_leaves_the_tree_alone(repo: Path, tmp_path: Path):
-    base = git(repo, "rev-parse", "HEAD").strip()
-    (repo / "a.py").write_text("x = 1\ny = 3\n")
-    patch = tmp_path / "p.diff"
-    patch.write_text(git(repo, "diff"))
-    # The working tree moves on after the patch was made; the check is against the base commit.
-    (repo / "a.py").write_text("totally different\n")
-    out = sh(apply_check_command(str(repo), base, str(patch)), tmp_path)
-    read_apply_check(out, "p.diff", str(repo), base)
-    assert (repo / "a.py").read_text() == "totally different\n"
-    assert git(repo, "status", "--porcelain") == " M a.py\n"
-
-
-def test_apply_check_rejects_a_patch_for_another_base_with_gits_reason(repo: Path, tmp_path: Path):
-    base = git(repo, "rev-parse", "HEAD").strip()
-    (repo / "a.py").write_text("x = 1\ny = 2\nz = 3\n")
-    git(repo, "commit", "-qam", "moved on")
-    (repo / "a.py").write_text("x = 1\ny = 2\nz = 4\n")
-    patch = tmp_path / "p.diff"
-    patch.write_text(git(repo, "diff"))
-    out = sh(apply_check_command(str(repo), base, str(patch)), tmp_path)
-    with pytest.raises(SubmitError) as error:
-        read_apply_check(out, "p.diff", str(repo), base)
-    message = str(error.value)
-    assert "does not apply to the original code" in message
-    assert "patch does not apply" in message  # git's own words
-    assert base[:12] in message
-
-
-def test_apply_check_unreadable_base(repo: Path, tmp_path: Path):
-    patch = tmp_path / "p.diff"
-    patch.write_text("diff --git a/a.py b/a.py\n")
-    out = sh(apply_check_command(str(repo), "0" * 40, str(patch)), tmp_path)
-    with pytest.raises(SubmitError, match="could not be read"):
-        read_apply_check(out, "p.diff", str(repo), "0" * 40)
-
-
 # ---------------------------------------------------------------- registry
 
 
 def test_unknown_tool_lists_the_available_ones():
     result = run_tool("python", "print(1)", ToolContext(sandbox=None))  # type: ignore[arg-type]
-    assert not result.ok
-    assert "no tool named 'python'" in result.output
-    assert "bash, edit, create, submit" in result.output
+    assert not result.ok and "python" in result.output
     assert list(TOOLS) == ["bash", "edit", "create", "submit"]
 
 
-# ---------------------------------------------------------------- edit: property
+# ---------------------------------------------------------------- reading CWM's release
 
 
-from hypothesis import assume, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+@needs_release
+def test_release_texts_and_plugin_command_are_read_from_the_checkout():
+    release = load_release(RELEASE)
+    assert set(release.bash_messages) == {"timeout", "output_too_long", "session_died"}
+    assert all(message.count(".") >= 2 for message in release.bash_messages.values())
+    assert set(release.submit_messages) == {"unreadable", "empty", "not_diff", "file_unreadable"}
+    assert "p.diff" in release.submit_messages["empty"].render(path="p.diff")
+    command = release.command_for("edit", "a.py\nx")
+    assert command.startswith("${PYPLUGIN_PYTHON_PATH:-python3} /swerl-plugins/edit.py <<'")
+    assert command.endswith(f"'\na.py\nx\n{release.eof}")
+    assert set(release.plugins) == {"edit", "create"}
 
-LINE = st.text(alphabet="ab =\t", max_size=4)
+
+def copy_release(tmp_path: Path) -> Path:
+    copy = tmp_path / "release"
+    swerl = copy / "cwm/rl/swerl"
+    (swerl / "plugins").mkdir(parents=True)
+    for rel in ("tools.py", "default_configs.py", "plugins/edit.py", "plugins/create.py"):
+        (swerl / rel).write_bytes((RELEASE / "cwm/rl/swerl" / rel).read_bytes())
+    return copy
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    lines=st.lists(LINE, min_size=1, max_size=8),
-    span=st.tuples(st.integers(0, 7), st.integers(1, 3)),
-    replacement=st.lists(LINE, max_size=3),
-    eol=st.sampled_from(["\n", "\r\n"]),
-    final_newline=st.booleans(),
-)
-def test_edit_replaces_exactly_the_searched_lines(lines, span, replacement, eol, final_newline):
-    start = min(span[0], len(lines) - 1)
-    search = lines[start : start + span[1]]
-    data = (eol.join(lines) + (eol if final_newline else "")).encode()
-    occurrences = sum(lines[i : i + len(search)] == search for i in range(len(lines) - len(search) + 1))
-    # Without a final newline, an empty last line is no line at all ("a\n" is one line).
-    assume(occurrences == 1 and (final_newline or lines[-1] != ""))
-    outcome = apply_edit(data, search, replacement, "f")
-    new_lines = lines[:start] + replacement + lines[start + len(search) :]
-    assume(final_newline or not new_lines or new_lines[-1] != "")
-    # A file with no line ending at all gives none to follow: new lines get "\n".
-    file_eol = eol if final_newline or len(lines) > 1 else "\n"
-    expected = file_eol.join(new_lines) + (file_eol if final_newline and new_lines else "")
-    assert outcome.data.decode() == expected
-    assert outcome.num_lines == (len(new_lines) if expected else 0)
-    assert outcome.line == start + 1
+@needs_release
+def test_release_missing_file_or_name_is_a_clear_error(tmp_path: Path):
+    copy = copy_release(tmp_path)
+    (copy / "cwm/rl/swerl/plugins/create.py").unlink()
+    with pytest.raises(ReleaseError, match=r"plugins/create\.py does not exist"):
+        load_release(copy)
+    copy = copy_release(tmp_path / "2")
+    tools = copy / "cwm/rl/swerl/tools.py"
+    tools.write_text(tools.read_text().replace("def submit_diff_file(", "def submit_patch_file("))
+    with pytest.raises(ReleaseError, match=r"tools\.py: no function `submit_diff_file`"):
+        load_release(copy)
+    with pytest.raises(ReleaseError, match="not a directory"):
+        load_release(tmp_path / "absent")
+
+
+# ---------------------------------------------------------------- the same inputs through CWM's plugins
+
+DRIVER = r"""
+import json, os, runpy, sys
+plugin = runpy.run_path(sys.argv[1], run_name="cwm_plugin")
+results = []
+for case in json.load(sys.stdin):
+    os.chdir(case["dir"])
+    # The heredoc's final newline, read in text mode; create drops the final newline again.
+    command = (case["body"] + "\n").replace("\r\n", "\n").replace("\r", "\n")
+    if sys.argv[2] == "create":
+        command = command[:-1]
+    ok, message = plugin["main"](command)
+    results.append([ok, message])
+json.dump(results, sys.stdout)
+"""
+
+
+def run_release_plugin(name: str, cases: list[dict]) -> list[tuple[bool, str]]:
+    """The release's plugin `name` on each case (a body and a directory), in one local Python, given
+    the body as its stdin would read it."""
+    script = RELEASE / f"cwm/rl/swerl/plugins/{name}.py"
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(script), name],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [tuple(r) for r in json.loads(done.stdout)]
+
+
+def not_wording(message: str) -> tuple[list[str], list[str]]:
+    """What must agree between two messages that differ only in wording: the numbers in the prose
+    and the numbered snippet lines."""
+    snippet = [line for line in message.split("\n") if re.match(r"^ {0,5}\d+\t", line)]
+    prose = "\n".join(line for line in message.split("\n") if line not in snippet)
+    return re.findall(r"\d+", prose), snippet
+
+
+EDIT_CASES = [
+    ("x = 1\ny = 2\n", edit_body("f.py", "y = 2", "y = 3")),  # unique
+    ("x = 1\nx = 10\n", edit_body("f.py", "x = 1", "x = 2")),  # ambiguous
+    ("def f(a):\n    pass\n", edit_body("f.py", "def f(", "def g(")),  # ends mid-line
+    ("def f():\n    return 1\n", edit_body("f.py", "return 1", "return 2")),  # hint
+    ("def f():\n    return 1\n", edit_body("f.py", "nothing", "x")),  # no hint
+    ("a\r\nb\r\nc\r\n", edit_body("f.py", "b", "B")),  # CRLF
+    ("a\nb\nc", edit_body("f.py", "c", "C\nD")),  # no final newline
+    (FILE, edit_body("f.py", "line 10\nline 11", "")),  # deletion, snippet window
+    (FILE, edit_body("f.py", "line 1\nline 2", "one")),  # at the top
+    ("a\na\na\n", edit_body("f.py", "a\na", "b")),  # overlapping
+    ("abc", "f.py\n<<<<<<< SEARCH\n\n=======\nz\n>>>>>>> REPLACE"),  # empty search
+    ("x\n", "f.py\n<<<<<<< SEARCH\nx\n=======\ny\n>>>>>>> REPLACE\n" + edit_body("f.py", "x", "z")),  # 2 blocks
+    ("x\n", "f.py\nx"),  # no block
+]
+
+
+def compare_edits(tmp_path: Path, cases: list[tuple[str, str]]) -> None:
+    dirs = []
+    for i, (content, _) in enumerate(cases):
+        d = tmp_path / f"case{i}"
+        d.mkdir()
+        (d / "f.py").write_bytes(content.encode())
+        dirs.append(d)
+    theirs = run_release_plugin("edit", [{"dir": str(d), "body": body} for d, (_, body) in zip(dirs, cases)])
+    for d, (content, body), (their_ok, their_message) in zip(dirs, cases, theirs):
+        try:
+            ok, message, new = edit_text(content, body)
+        except EditError as error:  # a parse error: the file is untouched
+            ok, message, new = False, str(error), content.replace("\r\n", "\n").replace("\r", "\n")
+        their_new = (d / "f.py").read_bytes().decode()
+        if not their_ok:  # CWM writes only on success
+            their_new = their_new.replace("\r\n", "\n").replace("\r", "\n")
+        assert (ok, new) == (their_ok, their_new), (content, body)
+        assert not_wording(message) == not_wording(their_message), (content, body, message, their_message)
+        assert ("indentation" in message) == ("indentation" in their_message), (content, body)
+
+
+@needs_release
+def test_edit_agrees_with_cwms_plugin_on_chosen_cases(tmp_path: Path):
+    compare_edits(tmp_path, EDIT_CASES)
+
+
+TEXT = st.text(alphabet="ab \t\n\r=", max_size=24)
+
+
+@needs_release
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(TEXT, TEXT, TEXT, st.booleans()), min_size=20, max_size=20))
+def test_edit_agrees_with_cwms_plugin_on_random_cases(tmp_path_factory, cases):
+    tmp_path = tmp_path_factory.mktemp("edit")
+    built = []
+    for content, search, replace, from_file in cases:
+        if from_file and content:
+            # Search for a piece of the file that starts at a line start, as a model would.
+            lines = content.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+            search = "\n".join(lines[len(search) % len(lines) :][: 1 + len(replace) % 3])
+        built.append((content, edit_body("f.py", search, replace)))
+    compare_edits(tmp_path, built)
+
+
+@needs_release
+def test_create_agrees_with_cwms_plugin(tmp_path: Path):
+    bodies = ["new.py\nx", "new.py\nx\n", "new.py", "new.py\n\n", "new.py\r\na\r\n", "sub/new.py\nx", "exists.py\nx"]
+    dirs = []
+    for i in range(len(bodies)):
+        d = tmp_path / f"case{i}"
+        d.mkdir()
+        (d / "exists.py").write_text("old")
+        dirs.append(d)
+    theirs = run_release_plugin("create", [{"dir": str(d), "body": body} for d, body in zip(dirs, bodies)])
+    for d, body, (their_ok, their_message) in zip(dirs, bodies, theirs):
+        path, content = parse_create(body)
+        if their_ok:
+            assert (d / path).read_bytes() == content.encode()
+            assert not_wording(created_message(path, content)) == not_wording(their_message)
+        else:
+            assert path in ("sub/new.py", "exists.py")

@@ -1,19 +1,29 @@
 """The tools through a real DockerSandbox on the base image: one container for the module.
 
 Each test works in its own directory (or its own repository) so the order does not matter;
-the shared session's current directory is reset by the `ctx` fixture.
+the shared session's current directory is reset by the `ctx` fixture. Where the copy of CWM's
+release is at ../shared/cwm-release, its own edit and create plugins run in the same container
+(as `--cwm-release` runs them) beside ours, on the same inputs.
 """
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import pytest
 
 from cwm_agent.sandbox.base import SandboxConfig
 from cwm_agent.tools import ToolContext, run_tool
+from cwm_agent.tools.bash import SESSION_ENDED, RunStatus
 
 pytestmark = pytest.mark.docker
 
 REPO = "/testbed"
+RELEASE = Path(__file__).resolve().parents[1].parent / "shared" / "cwm-release"
+needs_release = pytest.mark.skipif(
+    not (RELEASE / "cwm/rl/swerl/tools.py").is_file(), reason=f"CWM's release is not at {RELEASE}"
+)
 CALC = "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n"
 
 
@@ -51,156 +61,216 @@ def bash(ctx: ToolContext, command: str) -> str:
     return result.output
 
 
+def edit_body(path: str, search: str, replace: str) -> str:
+    return f"{path}\n<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE"
+
+
 # ---------------------------------------------------------------- bash
 
 
-def test_bash_session_persists_and_output_is_merged(ctx):
-    assert bash(ctx, "mkdir -p /tmp/b1 && cd /tmp/b1 && X=42") == ""
-    assert bash(ctx, 'echo "$PWD $X"; echo err >&2; false') == "/tmp/b1 42\nerr"
+def test_bash_output_is_exact_and_merged(ctx):
+    assert bash(ctx, "mkdir -p /tmp/b1 && cd /tmp/b1 && X=42 && touch file") == ""
+    assert bash(ctx, "ls") == "file\n"  # the final newline is kept
+    assert bash(ctx, "printf x") == "x"
+    assert bash(ctx, 'echo "$PWD $X"; echo err >&2; false') == "/tmp/b1 42\nerr\n"  # no exit code
 
 
-def test_bash_timeout_and_dead_session_are_reported(ctx):
+def test_timeout_ends_the_session_drops_the_output_and_the_rest_of_the_line(ctx):
+    bash(ctx, "rm -f /tmp/never; cd /tmp; export KEPT=1")
     ctx.command_timeout = 1
-    result = run_tool("bash", "cd /tmp && echo started && sleep 20", ctx)
-    assert result.timed_out and not result.ok
-    assert result.output.startswith("started\n\n")
-    assert "did not finish within 1 seconds" in result.output
+    result = run_tool("bash", "echo a; sleep 3; touch /tmp/never", ctx)
+    assert (result.output, result.ok, result.timed_out, result.restarted) == (
+        SESSION_ENDED[RunStatus.TIMEOUT],
+        False,
+        True,
+        True,
+    )
     ctx.command_timeout = 30
-    after = bash(ctx, "echo alive")
-    assert after == "alive"
+    assert bash(ctx, "sleep 3; pwd; echo [$KEPT]; ls /tmp/never 2>/dev/null | wc -l") == f"{REPO}\n[]\n0\n"
 
-    result = run_tool("bash", "cd /tmp && exit 3", ctx)
-    assert not result.ok and result.restarted
-    assert "The session ended during this command" in result.output
-    assert "(/testbed)" in result.output
-    assert bash(ctx, "pwd") == "/testbed"
+
+@pytest.mark.parametrize("command", ["cd /tmp && echo bye && exit 3", "exec true", "kill -9 $$"])
+def test_a_dead_shell_shows_only_that_a_fresh_session_started(ctx, command):
+    result = run_tool("bash", command, ctx)
+    assert (result.output, result.ok, result.restarted) == (SESSION_ENDED[RunStatus.SESSION_DIED], False, True)
+    assert bash(ctx, "pwd") == f"{REPO}\n"
+
+
+def test_too_much_output_ends_the_session(ctx):
+    bash(ctx, "cd /tmp")
+    whole = run_tool("bash", f"head -c {480 * 1024 - 9} /dev/zero | tr '\\0' x", ctx)
+    assert whole.ok and whole.output == "x" * (480 * 1024 - 9)  # no head+tail cut
+    result = run_tool("bash", "seq 1 1000000", ctx)
+    assert (result.output, result.ok, result.restarted) == (SESSION_ENDED[RunStatus.OUTPUT_TOO_LONG], False, True)
+    assert bash(ctx, "pwd") == f"{REPO}\n"
 
 
 # ---------------------------------------------------------------- edit
 
 
-def test_edit_through_sandbox_keeps_mode_and_resolves_relative_paths(ctx):
+def test_edit_keeps_mode_resolves_relative_paths_and_reports_like_cwm(ctx):
     bash(
         ctx,
         "mkdir -p /tmp/e1/pkg && printf 'import os\\n\\nprint(1)\\nprint(2)\\n' > /tmp/e1/pkg/run.py "
-        "&& chmod 755 /tmp/e1/pkg/run.py",
+        "&& chmod 755 /tmp/e1/pkg/run.py && cd /tmp/e1",
     )
-    bash(ctx, "cd /tmp/e1")
-    result = run_tool("edit", "pkg/run.py\n<<<<<<< SEARCH\nprint(2)\n=======\nprint(3)\nprint(4)\n>>>>>>> REPLACE", ctx)
+    result = run_tool("edit", edit_body("pkg/run.py", "print(2)", "print(3)\nprint(4)"), ctx)
     assert result.ok, result.output
-    assert "The file pkg/run.py was updated at line 4 and now has 5 lines" in result.output
-    assert "     4\tprint(3)\n     5\tprint(4)" in result.output
-    assert bash(ctx, "cat pkg/run.py; stat -c %a pkg/run.py") == "import os\n\nprint(1)\nprint(3)\nprint(4)\n755"
-    # The session's directory is untouched by the tool's own helper commands.
-    assert bash(ctx, "pwd") == "/tmp/e1"
+    assert "line 4" in result.output and "6 lines" in result.output and result.output.endswith("\n")
+    assert "     4\tprint(3)\n     5\tprint(4)\n     6\t\n" in result.output
+    assert bash(ctx, "cat pkg/run.py; stat -c %a pkg/run.py") == "import os\n\nprint(1)\nprint(3)\nprint(4)\n755\n"
+    assert bash(ctx, "pwd") == "/tmp/e1\n"  # the tool's own probe leaves the session alone
 
 
-def test_edit_errors_the_model_can_act_on(ctx):
-    bash(ctx, "mkdir -p /tmp/e2 && cd /tmp/e2 && printf 'x = 1\\nx = 1\\n    y = 2\\n' > f.py")
-    missing = run_tool("edit", "nope.py\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE", ctx)
-    assert not missing.ok and "does not exist (resolved to /tmp/e2/nope.py)" in missing.output
-    directory = run_tool("edit", "/tmp\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE", ctx)
+def test_edit_errors(ctx):
+    bash(ctx, "mkdir -p /tmp/e2 && cd /tmp/e2 && printf 'x = 1\\nx = 10\\n    y = 2\\n' > f.py")
+    missing = run_tool("edit", edit_body("nope.py", "a", "b"), ctx)
+    assert not missing.ok and "nope.py does not exist" in missing.output
+    directory = run_tool("edit", edit_body("/tmp", "a", "b"), ctx)
     assert not directory.ok and "is a directory" in directory.output
-    twice = run_tool("edit", "f.py\n<<<<<<< SEARCH\nx = 1\n=======\nx = 2\n>>>>>>> REPLACE", ctx)
-    assert not twice.ok and "appear 2 times" in twice.output and "lines 1, 2" in twice.output
-    indent = run_tool("edit", "f.py\n<<<<<<< SEARCH\ny = 2\n=======\ny = 3\n>>>>>>> REPLACE", ctx)
-    assert not indent.ok and "line(s) 3" in indent.output and "indentation" in indent.output
-    assert bash(ctx, "cat f.py") == "x = 1\nx = 1\n    y = 2"  # nothing written on failure
+    twice = run_tool("edit", edit_body("f.py", "x = 1", "x = 2"), ctx)
+    assert not twice.ok and "lines 1, 2." in twice.output
+    indent = run_tool("edit", edit_body("f.py", "y = 2\nz", "y = 3"), ctx)
+    assert not indent.ok and "indentation" in indent.output
+    bash(ctx, "printf '\\xff\\n' > latin.txt")
+    latin = run_tool("edit", edit_body("latin.txt", "a", "b"), ctx)
+    assert not latin.ok and "not UTF-8" in latin.output
+    assert bash(ctx, "cat f.py") == "x = 1\nx = 10\n    y = 2\n"  # nothing written on failure
 
 
-def test_edit_follows_symlinks(ctx):
-    bash(ctx, "mkdir -p /tmp/e3 && cd /tmp/e3 && echo old > target.txt && ln -s target.txt link.txt")
-    result = run_tool("edit", "link.txt\n<<<<<<< SEARCH\nold\n=======\nnew\n>>>>>>> REPLACE", ctx)
+def test_edit_follows_symlinks_and_rewrites_crlf_as_lf(ctx):
+    bash(ctx, "mkdir -p /tmp/e3 && cd /tmp/e3 && printf 'old\\r\\nkeep\\r\\n' > target.txt && ln -s target.txt link")
+    result = run_tool("edit", edit_body("link", "old", "new"), ctx)
     assert result.ok, result.output
-    assert bash(ctx, "test -L link.txt && cat target.txt") == "new"
+    assert bash(ctx, "test -L link") == ""
+    assert ctx.sandbox.read_file("/tmp/e3/target.txt") == b"new\nkeep\n"
 
 
 # ---------------------------------------------------------------- create
 
 
-def test_create_relative_to_current_directory(ctx):
+def test_create_writes_the_content_exactly_relative_to_cwd(ctx):
     bash(ctx, "mkdir -p /tmp/c1/sub && cd /tmp/c1/sub")
     result = run_tool("create", "../made.py\ndef f():\n    return 1", ctx)
     assert result.ok, result.output
-    assert result.output == "The file ../made.py was created (2 lines)."
-    assert bash(ctx, "cat -A /tmp/c1/made.py; stat -c %a /tmp/c1/made.py") == "def f():$\n    return 1$\n644"
+    assert "../made.py" in result.output and "(2 lines)" in result.output and result.output.endswith("\n")
+    assert bash(ctx, "cat -A /tmp/c1/made.py; echo; stat -c %a /tmp/c1/made.py") == "def f():$\n    return 1\n644\n"
+    assert run_tool("create", "empty.py", ctx).ok
+    assert bash(ctx, "stat -c %s empty.py") == "0\n"
 
 
 def test_create_errors(ctx):
     bash(ctx, "mkdir -p /tmp/c2 && cd /tmp/c2 && echo keep > here.txt")
     exists = run_tool("create", "here.txt\nnew", ctx)
-    assert not exists.ok and "already exists" in exists.output and "use edit" in exists.output
-    assert bash(ctx, "cat here.txt") == "keep"
+    assert not exists.ok and "here.txt exists already" in exists.output
+    assert bash(ctx, "cat here.txt") == "keep\n"
     no_parent = run_tool("create", "a/b/c.py\nx = 1", ctx)
-    assert not no_parent.ok
-    assert "parent directory /tmp/c2/a/b does not exist" in no_parent.output
-    assert bash(ctx, "ls") == "here.txt"
+    assert not no_parent.ok and "/tmp/c2/a/b does not exist" in no_parent.output
+    not_dir = run_tool("create", "here.txt/c.py\nx = 1", ctx)
+    assert not not_dir.ok and "not a directory" in not_dir.output
+    assert bash(ctx, "ls") == "here.txt\n"
 
 
 # ---------------------------------------------------------------- submit
 
 
-def test_edit_create_diff_submit_is_accepted_and_leaves_the_tree_alone(ctx):
-    fix = run_tool("edit", "calc.py\n<<<<<<< SEARCH\n    return a - b\n=======\n    return a + b\n>>>>>>> REPLACE", ctx)
+def test_submit_reads_through_the_session_and_returns_the_patch(ctx):
+    fix = run_tool("edit", edit_body("calc.py", "    return a - b", "    return a + b"), ctx)
     assert fix.ok, fix.output
-    made = run_tool("create", "test_calc.py\nfrom calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5", ctx)
-    assert made.ok, made.output
-    bash(ctx, "git add -A && git diff --cached > /tmp/p.diff")
-    before = bash(ctx, "git status --porcelain; git diff --cached --stat")
-
+    bash(ctx, "git diff > /tmp/p.diff")
+    patch = bash(ctx, "cat /tmp/p.diff")
     result = run_tool("submit", "/tmp/p.diff", ctx)
-    assert result.ok, result.output
-    patch = bash(ctx, "cat /tmp/p.diff") + "\n"
-    assert result.submission == patch
-    assert "diff --git a/calc.py b/calc.py" in patch and "b/test_calc.py" in patch
-    assert "marked as your final submission" in result.output
-    assert f"<submission>\n{patch.rstrip(chr(10))}\n</submission>" in result.output
-    assert bash(ctx, "git status --porcelain; git diff --cached --stat") == before
-
-    # A relative path resolves against the session's directory.
+    assert (result.ok, result.output, result.submission) == (True, patch, patch)
+    assert patch.startswith("diff --git a/calc.py b/calc.py") and patch.endswith("\n")
+    # The shell expands the path, relative to the session's directory.
     bash(ctx, "cd /tmp")
-    assert run_tool("submit", "p.diff", ctx).ok
-    # Leave /testbed as it was for other tests.
-    bash(ctx, f"cd {REPO} && git reset -q --hard && git clean -qfd")
-
-
-def test_submit_patch_against_another_base_is_rejected_with_gits_reason(ctx):
-    bash(
-        ctx,
-        "rm -rf /tmp/other && mkdir /tmp/other && cd /tmp/other && git init -q && printf 'a\\nb\\nc\\n' > f.txt && "
-        "git add f.txt && git commit -qm one && git rev-parse HEAD > /tmp/other-base && "
-        "printf 'a\\nB\\nc\\n' > f.txt && git commit -qam two && printf 'a\\nBB\\nc\\n' > f.txt "
-        "&& git diff > /tmp/other.diff",
-    )
-    base = bash(ctx, "cat /tmp/other-base")
-    other = ToolContext(sandbox=ctx.sandbox, repo_dir="/tmp/other", base_commit=base, command_timeout=30)
-    result = run_tool("submit", "/tmp/other.diff", other)
-    assert not result.ok and result.submission is None
-    assert "does not apply to the original code" in result.output
-    assert "error: patch failed: f.txt:1" in result.output
-    # Against the commit it was made on, the same patch is fine.
-    other.base_commit = None
-    assert run_tool("submit", "/tmp/other.diff", other).ok
+    assert run_tool("submit", "  $PWD/p.dif?  ", ctx).submission == patch
+    # A patch that does not apply is not CWM's concern.
+    bash(ctx, "printf 'diff --git a/none b/none\\n' > /tmp/bogus.diff")
+    assert run_tool("submit", "/tmp/bogus.diff", ctx).ok
+    bash(ctx, f"cd {REPO} && git checkout -q calc.py")
 
 
 def test_submit_refusals(ctx):
     bash(ctx, "mkdir -p /tmp/s1 && cd /tmp/s1 && : > empty.diff && echo 'not a patch' > notes.diff")
-    cases = {
-        "missing.diff": "no such file (resolved to /tmp/s1/missing.diff)",
-        "empty.diff": "the file is empty",
-        "notes.diff": "it is not a git diff",
-        "/tmp": "it is a directory",
-    }
+    cases = {"missing.diff": "check that the file exists", "/tmp": "check that the file exists"}
+    cases |= {"empty.diff": "is empty", "notes.diff": "not a diff"}
     for path, phrase in cases.items():
         result = run_tool("submit", path, ctx)
         assert not result.ok and result.submission is None
-        assert phrase in result.output, (path, result.output)
+        assert path in result.output and phrase in result.output, (path, result.output)
 
 
-def test_submit_file_kind_returns_the_file_content(ctx):
-    bash(ctx, "mkdir -p /tmp/t1 && printf 'print(\"Issue reproduced\")\\n' > /tmp/t1/test_issue.py")
+def test_submit_file_kind_only_needs_the_read_to_succeed(ctx):
+    ctx.sandbox.run("mkdir -p /tmp/t1 && : > /tmp/t1/e")
+    ctx.sandbox.write_file("/tmp/t1/test_issue.py", b'print("Issue reproduced")\n')
     ctx.submit_kind = "file"
     result = run_tool("submit", "/tmp/t1/test_issue.py", ctx)
-    assert result.ok, result.output
-    assert result.submission == 'print("Issue reproduced")\n'
-    assert '<submission>\nprint("Issue reproduced")\n</submission>' in result.output
+    assert result.ok and result.submission == result.output == 'print("Issue reproduced")\n'
+    assert run_tool("submit", "/tmp/t1/e", ctx).submission == ""
+    assert not run_tool("submit", "/tmp/t1/missing.py", ctx).ok
+
+
+# ---------------------------------------------------------------- CWM's own plugins (--cwm-release)
+
+
+def release_ctx(ctx: ToolContext) -> ToolContext:
+    import dataclasses
+
+    return dataclasses.replace(ctx, cwm_release=RELEASE)
+
+
+def numbers_and_snippet(message: str) -> tuple[list[str], list[str]]:
+    snippet = [line for line in message.split("\n") if re.match(r"^ {0,5}\d+\t", line)]
+    prose = "\n".join(line for line in message.split("\n") if line not in snippet)
+    return re.findall(r"\d+", prose), snippet
+
+
+CASES = [
+    ("x = 1\ny = 2\n", edit_body("f.py", "y = 2", "y = 3")),
+    ("x = 1\nx = 10\n", edit_body("f.py", "x = 1", "x = 2")),
+    ("def f(a):\n    pass\n", edit_body("f.py", "def f(", "def g(")),
+    ("def f():\n    return 1\n", edit_body("f.py", "return 1", "return 2")),
+    ("a\r\nb\r\nc\r\n", edit_body("f.py", "b", "B")),
+    ("a\nb\nc", edit_body("f.py", "c", "C\nD")),
+]
+
+
+@needs_release
+def test_release_plugins_run_in_the_sandbox_and_agree_with_ours(ctx):
+    theirs_ctx = release_ctx(ctx)
+    for i, (content, body) in enumerate(CASES):
+        outcomes = []
+        for which, tool_ctx in (("ours", ctx), ("theirs", theirs_ctx)):
+            d = f"/tmp/r{i}-{which}"
+            bash(ctx, f"mkdir -p {d} && cd {d}")
+            ctx.sandbox.write_file(f"{d}/f.py", content.encode())
+            result = run_tool("edit", body, tool_ctx)
+            outcomes.append((result.ok, ctx.sandbox.read_file(f"{d}/f.py"), result.output))
+        (ok, data, message), (their_ok, their_data, their_message) = outcomes
+        assert (ok, data) == (their_ok, their_data), (content, body, their_message)
+        assert numbers_and_snippet(message) == numbers_and_snippet(their_message), (message, their_message)
+        assert message.endswith("\n") and their_message.endswith("\n")
+    for body in ("new.py\nx", "new.py\nx\n", "new.py"):
+        sizes = []
+        for which, tool_ctx in (("ours", ctx), ("theirs", theirs_ctx)):
+            bash(ctx, f"rm -rf /tmp/c-{which} && mkdir -p /tmp/c-{which} && cd /tmp/c-{which}")
+            result = run_tool("create", body, tool_ctx)
+            assert result.ok, result.output
+            sizes.append((ctx.sandbox.read_file(f"/tmp/c-{which}/new.py"), numbers_and_snippet(result.output)))
+        assert sizes[0] == sizes[1]
+    assert bash(ctx, "ls /swerl-plugins") == "create.py\nedit.py\n"
+
+
+@needs_release
+def test_release_messages_for_bash_and_submit(ctx):
+    from cwm_agent.tools.release import load_release
+
+    release = load_release(RELEASE)
+    theirs = release_ctx(ctx)
+    theirs.command_timeout = 1
+    assert run_tool("bash", "sleep 5", theirs).output == release.bash_messages["timeout"]
+    assert run_tool("bash", "exit", theirs).output == release.bash_messages["session_died"]
+    assert run_tool("submit", "/nope.diff", theirs).output == release.submit_messages["unreadable"].render(
+        path="/nope.diff"
+    )

@@ -29,22 +29,24 @@ class RunStatus(str, enum.Enum):
     OK = "ok"
     """The command finished (whatever its exit code)."""
     TIMEOUT = "timeout"
-    """The command ran past its timeout and was interrupted (the session may have been restarted)."""
-    OUTPUT_TRUNCATED = "output_truncated"
-    """The command finished but its output was over the cap; the middle was cut."""
+    """The command ran past its timeout: the session was killed and a fresh one started."""
+    OUTPUT_TOO_LONG = "output_too_long"
+    """The command's output passed `output_cap_bytes`: the session was killed and a fresh one started."""
     SESSION_DIED = "session_died"
-    """The shell went away during the command (e.g. `exit`, `kill -9 $$`); a new one was started."""
+    """The shell went away during the command (e.g. `exit`, `kill -9 $$`); a fresh one was started."""
 
 
 class RunResult(BaseModel):
     """The outcome of one command in the persistent session."""
 
-    output: str = Field(description="stdout and stderr interleaved in order, decoded as UTF-8 with replacement")
+    output: str = Field(
+        description="stdout and stderr interleaved in order, decoded as UTF-8 dropping invalid bytes; "
+        "when the status is not OK, what was read before the session was killed (at most the cap)"
+    )
     exit_code: int | None = Field(description="the command's exit code; None when it timed out or the session died")
     status: RunStatus
     elapsed: float = Field(description="seconds from sending the command to receiving its end")
     restarted: bool = Field(default=False, description="a fresh session was started in the work directory")
-    dropped_bytes: int = Field(default=0, description="bytes cut from the middle of the output by the cap")
 
 
 class SandboxError(UserError, RuntimeError):
@@ -73,9 +75,12 @@ class SandboxConfig(BaseModel):
     pids_limit: int = 1024
     """Most processes/threads the container may have (stops fork bombs)."""
     command_timeout: float = 120.0
-    """Default seconds a command may run before it is interrupted."""
-    output_cap_bytes: int = 100_000
-    """Command output over this many bytes is cut, keeping head and tail."""
+    """Default seconds a command may run; past it the session is killed (the rest of the command line does
+    not run) and a fresh one starts in `workdir` (CWM: 120)."""
+    output_cap_bytes: int = 480 * 1024
+    """CWM's session buffer limit: a command whose output (plus CWM's 9-byte end-of-command line) passes
+    this many bytes ends the session like a timeout (`RunStatus.OUTPUT_TOO_LONG`); output within it comes
+    back whole. To keep a bigger output, redirect it to a file."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment variables for the session."""
     startup_commands: list[str] = Field(default_factory=list)

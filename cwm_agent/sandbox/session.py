@@ -11,10 +11,13 @@ helper script beside it (to interrupt a command). Everything else lives here:
 - The end of a command is a sentinel with a fresh random id printed by the shell after the
   command (or by its EXIT trap when the command runs `exit`); the command's own output can
   only contain it by guessing 128 random bits.
-- Output over the cap keeps its head and tail and says how many bytes were cut.
-- On timeout the processes the command started get SIGINT, then SIGKILL; when the shell
-  still does not answer, it is killed and a fresh one starts in the work directory.
-- When the shell dies (`exit`, `exec`, `kill -9 $$`) a fresh one starts too.
+- What ends a command other than its own end ends the session, as in CWM's: on timeout, on
+  output over the limit (`output_cap_bytes`, CWM's 480 KiB) and when the shell dies (`exit`,
+  `exec`, `kill -9 $$`) the shell and every process it started are killed and a fresh shell
+  starts in the work directory, so the rest of the command line never runs. The result says
+  why (`RunStatus`); the output read so far comes with it, for callers that want it (the
+  model is shown none of it).
+- Output is decoded as UTF-8, dropping bytes that are not (as CWM's session does).
 - `set -e`, `set -u` and `set -x` last until the end of the command that sets them: a
   non-interactive bash exits on the first failure under them, which would end the session
   at some later, unrelated command.
@@ -52,8 +55,19 @@ QUIET_ENV = {
 }
 """Set in every session so nothing waits for a pager, a prompt or a terminal."""
 
-TRUNCATION_MARKER = "\n[... {dropped} bytes of output dropped ...]\n"
-"""Put where the middle of an over-long output was cut."""
+CWM_OUTPUT_LIMIT = 480 * 1024
+"""CWM's session buffer limit in bytes: a command whose output passes it ends the session."""
+
+END_LINE_BYTES = 9
+"""Bytes of the end-of-command line CWM's session reads into the same buffer as the output
+(its sentinel and a newline): the output itself may hold `limit - 9` bytes."""
+
+PLUGIN_PYTHON_SETUP = (
+    "if [[ -x /opt/miniconda3/bin/python3 ]]; then export PYPLUGIN_PYTHON_PATH=/opt/miniconda3/bin/python3; "
+    "else export PYPLUGIN_PYTHON_PATH=python3; fi"
+)
+"""CWM's start script names the Python its edit/create plugins run with (the SWE-bench images'
+miniconda one); every session does the same, falling back to `python3` where there is none."""
 
 USER_HZ = 100
 """Clock ticks per second of /proc/PID/stat start times (100 on every Linux architecture)."""
@@ -144,45 +158,32 @@ class ShellHost(Protocol):
 
 @dataclass
 class _Output:
-    """Command output kept within a cap: the first half and the latest half of the bytes."""
+    """A command's output, up to the limit: what is over it is counted, not kept."""
 
-    cap: int
-    head: bytearray = field(default_factory=bytearray)
-    tail: bytearray = field(default_factory=bytearray)
+    limit: int
+    data: bytearray = field(default_factory=bytearray)
     total: int = 0
 
-    def add(self, data: bytes) -> None:
-        self.total += len(data)
-        half = self.cap // 2
-        room = half - len(self.head)
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.limit + 1 - len(self.data)
         if room > 0:
-            self.head += data[:room]
-            data = data[room:]
-        if data:
-            self.tail += data
-            if len(self.tail) > 2 * (self.cap - half) + 65536:
-                del self.tail[: len(self.tail) - (self.cap - half)]
+            self.data += chunk[:room]
 
-    def render(self) -> tuple[str, int]:
-        """The decoded output and how many bytes were dropped from its middle."""
-        if self.total <= self.cap:
-            return (bytes(self.head) + bytes(self.tail)).decode("utf-8", errors="replace"), 0
-        tail = bytes(self.tail[len(self.tail) - (self.cap - self.cap // 2) :])
-        # Start the tail on a character boundary rather than with a broken UTF-8 sequence.
-        skip = 0
-        while skip < 3 and skip < len(tail) and 0x80 <= tail[skip] <= 0xBF:
-            skip += 1
-        tail = tail[skip:]
-        dropped = self.total - len(self.head) - len(tail)
-        text = bytes(self.head).decode("utf-8", errors="replace")
-        return text + TRUNCATION_MARKER.format(dropped=dropped) + tail.decode("utf-8", errors="replace"), dropped
+    @property
+    def over(self) -> bool:
+        return self.total > self.limit
+
+    def text(self) -> str:
+        return bytes(self.data[: self.limit]).decode("utf-8", errors="ignore")
 
 
 @dataclass
 class _End:
     exit_code: int | None
     how: str
-    """"done" (the command finished), "exit" (the shell exited), "died" (the shell vanished), "timeout"."""
+    """"done" (the command finished), "exit" (the shell exited), "died" (the shell vanished), "timeout",
+    "too_long" (the output passed the limit)."""
 
 
 class BashSession:
@@ -195,9 +196,8 @@ class BashSession:
         workdir: str,
         env: dict[str, str] | None = None,
         startup_commands: list[str] | None = None,
-        output_cap_bytes: int = 100_000,
+        output_cap_bytes: int = CWM_OUTPUT_LIMIT,
         default_timeout: float = 120.0,
-        interrupt_grace: float = 1.0,
         startup_timeout: float = 60.0,
     ) -> None:
         self.host = host
@@ -206,7 +206,6 @@ class BashSession:
         self.startup_commands = list(startup_commands or [])
         self.output_cap_bytes = output_cap_bytes
         self.default_timeout = default_timeout
-        self.interrupt_grace = interrupt_grace
         self.startup_timeout = startup_timeout
         self.shell_pid: int | None = None
         self.uid = 0
@@ -277,6 +276,7 @@ class BashSession:
                 '__cwm_done() { \\builtin set +eux; \\builtin printf \'__CWM_END_%s__%d done\\n\' "$2" "$1"; }',
                 'trap \'\\builtin printf "__CWM_END_%s__%d exit\\n" "$__cwm_id" "$?"\' EXIT',
                 *(f"export {k}={shlex.quote(v)}" for k, v in self.env.items()),
+                PLUGIN_PYTHON_SETUP,
                 f"cd {shlex.quote(self.workdir)} 2>/dev/null || cd /",
                 "__cwm_u=0 __cwm_g=0",
                 "while read -r __k __a __b __r; do case $__k in Uid:) __cwm_u=$__b;; Gid:) __cwm_g=$__b;; esac; "
@@ -303,7 +303,7 @@ class BashSession:
         self._uptime_at = (float(uptime), received)
         for command in self.startup_commands:
             result = self._run_locked(command, self.startup_timeout, restart_on_death=False)
-            if result.status in (RunStatus.TIMEOUT, RunStatus.SESSION_DIED):
+            if result.status is not RunStatus.OK:
                 raise SandboxError(
                     f"Startup command {command!r} failed ({result.status.value}): {result.output[-2000:]}"
                 )
@@ -347,7 +347,7 @@ class BashSession:
             f'\\builtin printf \'__CWM_START_%s__%s %s\\n\' {cid} "$__cwm_t" "$__cwm_p"; '
             f'\\builtin eval "$__cwm_cmd" </dev/null; {{ __cwm_done $? {cid}; }} 2>/dev/null\n'
         ).encode()
-        out = _Output(self.output_cap_bytes)
+        out = _Output(self.output_cap_bytes - END_LINE_BYTES)
         self._start_marker: bytes | None = f"__CWM_START_{cid}__".encode()
         self._start_ticks: int | None = None
         self._start_last_pid = 0
@@ -363,61 +363,26 @@ class BashSession:
             except OSError as exc:
                 raise SandboxError(f"The bash session died again right after a restart: {exc}") from exc
         end = self._collect(marker, out, started + timeout)
-        restarted = False
-        if end.how == "timeout":
-            end = self._interrupt(marker, out, started)
-            if end.how != "done":
-                if not restart_on_death:
-                    # A startup command: restarting would run it again, and again.
-                    raise SandboxError(f"Command {command!r} timed out and the shell did not recover.")
-                self._restart_locked()
-                restarted = True
-            status, exit_code = RunStatus.TIMEOUT, None
-        elif end.how in ("exit", "died"):
-            if restart_on_death:
-                self._restart_locked()
-                restarted = True
-            # An explicit `exit N` tells us N through the EXIT trap; a vanished shell tells nothing.
-            status, exit_code = RunStatus.SESSION_DIED, end.exit_code
-        else:
+        if end.how == "done":
             status, exit_code = RunStatus.OK, end.exit_code
-        output, dropped = out.render()
-        if dropped and status == RunStatus.OK:
-            status = RunStatus.OUTPUT_TRUNCATED
+        else:
+            status = {"timeout": RunStatus.TIMEOUT, "too_long": RunStatus.OUTPUT_TOO_LONG}.get(
+                end.how, RunStatus.SESSION_DIED
+            )
+            # An explicit `exit N` tells us N through the EXIT trap; nothing else has an exit code.
+            exit_code = end.exit_code if status is RunStatus.SESSION_DIED else None
+            if not restart_on_death:
+                # A startup command: restarting would run it again, and again.
+                why = {"timeout": "timed out", "too_long": "printed too much output"}.get(end.how, "ended the shell")
+                raise SandboxError(f"Command {command!r} {why} and the shell did not recover: {out.text()[-2000:]}")
+            self._restart_locked()
         return RunResult(
-            output=output,
+            output=out.text(),
             exit_code=exit_code,
             status=status,
             elapsed=time.monotonic() - started,
-            restarted=restarted,
-            dropped_bytes=dropped,
+            restarted=status is not RunStatus.OK,
         )
-
-    def _interrupt(self, marker: bytes, out: _Output, started: float) -> _End:
-        """Stop what the command started: SIGINT first, so programs can tidy up; then SIGKILL for
-        whatever is left, even when the shell answered, since processes the command put in the
-        background (a fork bomb's, say) would otherwise go on. Returns the shell's answer, or a
-        "timeout" end when it did not answer."""
-        assert self.shell_pid is not None
-        # The command's processes are those started after it was sent, on the shell's clock.
-        if self._start_ticks is not None:
-            cutoff, last_pid = self._start_ticks, self._start_last_pid
-        else:  # the shell has not said when the command started: estimate it with our clock
-            uptime, at = self._uptime_at
-            cutoff, last_pid = int((uptime + (started - at)) * USER_HZ) - 1, 0
-        orphans = "1" if self.host.orphans_are_ours else "0"
-        end = _End(None, "timeout")
-        for sig in ("INT", "KILL"):
-            if not self.host.run_helper(
-                KILL_HELPER, [sig, str(self.shell_pid), str(cutoff), orphans, "0", str(last_pid)], timeout=10
-            ):
-                self.host.reset()
-            if end.how == "timeout":
-                end = self._collect(marker, out, time.monotonic() + self.interrupt_grace)
-        if end.how == "done":
-            # Last words of the killed processes belong to this command, not the next one.
-            self._drain(out)
-        return end
 
     def _collect(self, marker: bytes, out: _Output, deadline: float) -> _End:
         """Move output into `out` until the marker's line, the deadline, or the shell's end."""
@@ -434,13 +399,18 @@ class BashSession:
                     out.add(bytes(self._pending[:idx]))
                     code, _, how = bytes(self._pending[idx + len(marker) : nl]).decode().partition(" ")
                     del self._pending[: nl + 1]
-                    return _End(int(code), how)
+                    # CWM's session also ends a command that finished with too much output.
+                    return _End(None, "too_long") if out.over else _End(int(code), how)
             elif len(self._pending) > keep:
                 cut = len(self._pending) - keep
                 out.add(bytes(self._pending[:cut]))
                 del self._pending[:cut]
+                if out.over:
+                    return _End(None, "too_long")
             now = time.monotonic()
             if now >= deadline:
+                out.add(bytes(self._pending))  # the session is ended: all that came is the command's
+                self._pending.clear()
                 return _End(None, "timeout")
             chunk = self._stream.read(min(deadline - now, 0.25))
             if chunk:

@@ -8,8 +8,10 @@ They do let `SandboxError` through, since a broken sandbox is the harness's prob
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 from pydantic import BaseModel
@@ -17,11 +19,12 @@ from pydantic import BaseModel
 from cwm_agent.sandbox.base import Sandbox
 
 SubmitKind = Literal["patch", "file"]
-"""What `submit` accepts: `patch` (issue solving: a git diff that applies to the base commit)
-or `file` (test generation and other tasks: any non-empty file; the submission is its content)."""
+"""What `submit` accepts (CWM's two submit tools): `patch` (issue solving: a readable, non-empty file
+starting with `diff`; whether it applies is not checked) or `file` (test generation: any readable file).
+Either way the submission is the file's content."""
 
 PROBE_TIMEOUT = 30.0
-"""Seconds the small helper commands (path checks, `git apply --check`) may take."""
+"""Seconds the small helper command that looks at a path may take."""
 
 
 @dataclass
@@ -30,12 +33,16 @@ class ToolContext:
 
     sandbox: Sandbox
     repo_dir: str = "/testbed"
-    """The repository the patch is checked against."""
+    """The task's repository (the tools themselves do not use it: CWM's submit checks no apply)."""
     base_commit: str | None = None
-    """The commit a submitted patch must apply to; None: the repository's HEAD at submit time."""
+    """The task's base commit (not used by the tools, see `repo_dir`)."""
     command_timeout: float = 120.0
-    """Seconds a bash command may run before the session is interrupted (CWM: 120)."""
+    """Seconds a command (bash, and the commands of edit, create and submit) may run before the session
+    is killed and a fresh one started (CWM: 120)."""
     submit_kind: SubmitKind = "patch"
+    cwm_release: Path | None = None
+    """A checkout of CWM's release: bash and submit use its messages, edit and create run its plugin
+    scripts in the sandbox (see `tools.release`). None: the project's own texts and tools."""
 
 
 class ToolResult(BaseModel):
@@ -71,7 +78,10 @@ class PathInfo:
     path: str
     """Absolute path (resolved against the session's current directory, symlinks kept)."""
     exists: bool
+    """The path names something, symlinks followed (a dangling link does not exist)."""
     is_dir: bool
+    parent_exists: bool
+    """The parent of the path made absolute (`..` folded first, as Python's `os.path.abspath`) exists."""
     parent_is_dir: bool
     mode: int | None
     """Permission bits of an existing file (e.g. 0o755), None when unknown."""
@@ -91,7 +101,8 @@ def probe_command(path: str) -> str:
         f'printf "cwd=%s\\n" "$PWD"; '
         f"[ -e {p} ] && echo exists=1; "
         f"[ -d {p} ] && echo dir=1; "
-        f'[ -d "$(dirname -- {p})" ] && echo parent=1; '
+        f'd=$(dirname -- "$(realpath -ms -- {p} 2>/dev/null || printf %s {p})"); '
+        '[ -e "$d" ] && echo pexists=1; [ -d "$d" ] && echo parent=1; '
         f"[ -f {p} ] && stat -L -c 'mode=%a' -- {p}; "
         # readlink -f also resolves a path whose last component does not exist yet.
         f"r=$(readlink -f -- {p}) && printf 'real=%s\\n' \"$r\"; "
@@ -104,7 +115,7 @@ def parse_probe(output: str, path: str) -> PathInfo:
     fields: dict[str, str] = {}
     for line in output.splitlines():
         key, sep, value = line.partition("=")
-        if sep and key in {"cwd", "exists", "dir", "parent", "mode", "real"} and key not in fields:
+        if sep and key in {"cwd", "exists", "dir", "pexists", "parent", "mode", "real"} and key not in fields:
             fields[key] = value
     cwd = fields.get("cwd") or "/"
     mode = fields.get("mode")
@@ -112,6 +123,7 @@ def parse_probe(output: str, path: str) -> PathInfo:
         path=resolve_path(cwd, path),
         exists="exists" in fields,
         is_dir="dir" in fields,
+        parent_exists="pexists" in fields,
         parent_is_dir="parent" in fields,
         mode=int(mode, 8) if mode and mode.isdigit() else None,
         real_path=fields.get("real") or None,
@@ -120,8 +132,6 @@ def parse_probe(output: str, path: str) -> PathInfo:
 
 def resolve_path(cwd: str, path: str) -> str:
     """`path` made absolute against `cwd`, with `.` and `..` folded (as the shell's `cd -L` does)."""
-    import posixpath
-
     joined = path if path.startswith("/") else posixpath.join(cwd, path)
     return posixpath.normpath(joined).replace("//", "/")
 
@@ -132,7 +142,7 @@ def probe_path(ctx: ToolContext, path: str) -> PathInfo:
     return parse_probe(result.output, path)
 
 
-def path_from_first_line(body: str) -> tuple[str, str]:
-    """Split a body into its first line (a path, stripped) and the rest (after the newline)."""
-    first, _, rest = body.partition("\n")
-    return first.strip(), rest
+def as_plugin_input(body: str) -> str:
+    """A call's body as CWM's edit and create plugins read it: from a heredoc (which adds a final
+    newline) in Python's text mode (which turns `\r\n` and lone `\r` into `\n`)."""
+    return (body + "\n").replace("\r\n", "\n").replace("\r", "\n")

@@ -1,66 +1,54 @@
-"""The `bash` tool: run the body in the sandbox's persistent session.
+"""The `bash` tool: run the body in the sandbox's persistent session, as CWM's tool does.
 
-The model sees stdout and stderr merged in order, with the final newline dropped and no exit
-code (as in CWM's training). When the command ran past the timeout or the shell died, a note
-after the output says so and what state the new session is in. The sandbox's output cap (and
-its marker in the middle of the output) applies as is.
+The model sees the output exactly as produced (stdout and stderr merged in order, the final
+newline kept, no exit code). A command that ends the session (a timeout, output over the
+session's limit, `exit` or a dead shell) shows none of its output: only a message saying why the
+session ended and that a fresh one started in the default working directory.
 """
 
 from __future__ import annotations
 
 from cwm_agent.sandbox.base import RunResult, RunStatus
 from cwm_agent.tools.base import ToolContext, ToolResult
+from cwm_agent.tools.release import load_release
+
+FRESH_SESSION = "A new session has been started; the working directory is back to its default."
+
+SESSION_ENDED = {
+    RunStatus.TIMEOUT: f"The session was ended because the command ran out of time. {FRESH_SESSION}",
+    RunStatus.OUTPUT_TOO_LONG: f"The session was ended because the command printed too much output. {FRESH_SESSION}",
+    RunStatus.SESSION_DIED: f"The session ended unexpectedly. {FRESH_SESSION}",
+}
+"""What the model is told, by how the session ended (the project's wording of CWM's messages)."""
 
 
-def _seconds(timeout: float) -> str:
-    return f"{timeout:g}"
+def bash_output(result: RunResult, messages: dict[str, str] | None = None) -> str:
+    """The text the model sees for one command's result; `messages`: the release's, by status value."""
+    if result.status is RunStatus.OK:
+        return result.output
+    if messages is not None:
+        return messages[result.status.value]
+    return SESSION_ENDED[result.status]
 
 
-def timeout_note(timeout: float, restarted: bool, workdir: str) -> str:
-    if restarted:
-        return (
-            f"The command did not finish within {_seconds(timeout)} seconds and was ended by the timeout, "
-            f"together with the session. A fresh session has started in the default working directory ({workdir}); "
-            "the previous current directory, variables and background jobs are gone."
-        )
-    return (
-        f"The command did not finish within {_seconds(timeout)} seconds and was interrupted by the timeout. "
-        "The session is still the same (its current directory and variables are kept)."
-    )
-
-
-def session_died_note(workdir: str) -> str:
-    return (
-        "The session ended during this command (for example through `exit`). A fresh session has started "
-        f"in the default working directory ({workdir}); the previous current directory and variables are gone."
-    )
-
-
-def bash_output(result: RunResult, timeout: float, workdir: str) -> str:
-    """The text the model sees for one command's result."""
-    output = result.output.removesuffix("\n")
-    if result.status is RunStatus.TIMEOUT:
-        note = timeout_note(timeout, result.restarted, workdir)
-    elif result.status is RunStatus.SESSION_DIED:
-        note = session_died_note(workdir)
-    else:
-        return output
-    return f"{output}\n\n{note}" if output else note
-
-
-def bash_result(result: RunResult, timeout: float, workdir: str) -> ToolResult:
+def bash_result(result: RunResult, messages: dict[str, str] | None = None) -> ToolResult:
     return ToolResult(
-        output=bash_output(result, timeout, workdir),
-        ok=result.status in (RunStatus.OK, RunStatus.OUTPUT_TRUNCATED),
+        output=bash_output(result, messages),
+        ok=result.status is RunStatus.OK,
         timed_out=result.status is RunStatus.TIMEOUT,
-        restarted=result.restarted or result.status is RunStatus.SESSION_DIED,
+        restarted=result.restarted,
         elapsed=result.elapsed,
     )
+
+
+def run_bash(ctx: ToolContext, command: str) -> RunResult:
+    """Run `command` as CWM's session does: trailing whitespace of the command line is dropped."""
+    return ctx.sandbox.run(command.rstrip(), timeout=ctx.command_timeout)
 
 
 class BashTool:
     name = "bash"
 
     def __call__(self, body: str, ctx: ToolContext) -> ToolResult:
-        result = ctx.sandbox.run(body, timeout=ctx.command_timeout)
-        return bash_result(result, ctx.command_timeout, ctx.sandbox.config.workdir)
+        messages = load_release(ctx.cwm_release).bash_messages if ctx.cwm_release else None
+        return bash_result(run_bash(ctx, body), messages)

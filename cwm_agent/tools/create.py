@@ -1,59 +1,53 @@
-"""The `create` tool: write a new file. Body: the path on the first line, the content after it.
+"""The `create` tool: write a new file, as CWM's create plugin does. Body: the path, then the content.
 
-The content is everything after the first newline of the body. Since the model's call ends
-with `\\n</tool>` and that newline is not part of the body, a file whose content does not end
-with a newline gets one: files are written the way editors and `git diff` expect. A body with
-only a path creates an empty file (e.g. an `__init__.py`).
-
-The path must not exist and its parent directory must. The file is written through the
-sandbox's file API (mode 0644).
+The body is read as the plugin reads its stdin (`as_plugin_input`, less the final newline the
+heredoc adds): the first line is the path (taken as written), everything after the first newline
+is the content, written exactly as given (no final newline added; a body that is only a path
+makes an empty file). The path must not exist (a dangling symlink does not) and must not be
+empty; the parent directory of the path made absolute must exist. The success message gives the
+path and the number of lines (newlines + 1). Every message ends with a newline, as the plugin
+prints it. The file is written through the sandbox's file API (mode 0644).
 """
 
 from __future__ import annotations
 
 import posixpath
 
-from cwm_agent.tools.base import ToolContext, ToolResult, failure, path_from_first_line, probe_path
+from cwm_agent.tools.base import ToolContext, ToolResult, as_plugin_input, failure, probe_path
+from cwm_agent.tools.edit import said
+from cwm_agent.tools.release import run_release_plugin
 
 
 def parse_create(body: str) -> tuple[str, str]:
-    """The path and the content to write (ending with a newline unless empty)."""
-    path, content = path_from_first_line(body)
-    if content and not content.endswith("\n"):
-        content += "\n"
+    """The path and the content, as CWM's plugin splits the body."""
+    text = as_plugin_input(body).removesuffix("\n")
+    path, _, content = text.partition("\n")
     return path, content
 
 
-def count_lines(content: str) -> int:
-    return content.count("\n")
-
-
 def created_message(path: str, content: str) -> str:
-    n = count_lines(content)
-    return f"The file {path} was created ({n} line{'' if n == 1 else 's'})."
+    return f"Created {path} ({content.count(chr(10)) + 1} lines)."
 
 
 class CreateTool:
     name = "create"
 
     def __call__(self, body: str, ctx: ToolContext) -> ToolResult:
+        if ctx.cwm_release:
+            return run_release_plugin(ctx, self.name, body)
         path, content = parse_create(body)
-        if not path:
-            return failure("The first line of a create call must be the path of the new file, followed by its content.")
-        if path.endswith("/"):
-            return failure(
-                f"{path} ends with `/`; create makes files. Name the file (make directories with `mkdir -p`)."
-            )
-        info = probe_path(ctx, path)
-        if info.exists:
-            kind = "a directory" if info.is_dir else "a file"
-            hint = "" if info.is_dir else " To change it, use edit (or remove it first with bash)."
-            return failure(f"{path} already exists ({kind} at {info.path}); create only makes new files.{hint}")
+        info = probe_path(ctx, path) if path else None
+        if info is not None and info.exists:
+            return failure(said(f"{path} exists already; create only makes new files."))
+        if info is None:
+            return failure(said("The path is empty. Put the path of the new file on the first line."))
+        parent = posixpath.dirname(info.path)
+        if not info.parent_exists:
+            return failure(said(f"Nothing was created: the directory {parent} does not exist."))
         if not info.parent_is_dir:
-            parent = posixpath.dirname(info.path)
-            return failure(
-                f"Cannot create {path}: its parent directory {parent} does not exist. "
-                f"Create the directory first (e.g. `mkdir -p {parent}`)."
-            )
-        ctx.sandbox.write_file(info.real_path or info.path, content.encode("utf-8", "surrogateescape"), mode=0o644)
-        return ToolResult(output=created_message(path, content), ok=True)
+            return failure(said(f"Nothing was created: {parent} is not a directory."))
+        if info.real_path is None:
+            # e.g. `missing/../name`: the kernel walks through `missing`, so CWM's plugin fails here too.
+            return failure(said(f"Nothing was created: {path} could not be resolved to a place to write."))
+        ctx.sandbox.write_file(info.real_path, content.encode("utf-8"), mode=0o644)
+        return ToolResult(output=said(created_message(path, content)), ok=True)

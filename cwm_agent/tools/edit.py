@@ -1,277 +1,172 @@
-"""The `edit` tool: replace lines of an existing file, given one SEARCH/REPLACE block.
+"""The `edit` tool: replace one occurrence of some text in an existing file, as CWM's edit plugin does.
 
 Body (what the model writes between `<tool: edit>\\n` and `\\n</tool>`)::
 
     path/to/file.py
     <<<<<<< SEARCH
-    exact lines of the file
+    text to find
     =======
-    their replacement (may be empty: the lines are deleted)
+    its replacement (may be empty)
     >>>>>>> REPLACE
 
-The search lines must equal one or more whole consecutive lines of the file (whitespace
-included), at exactly one place. Line endings are the file's own: a CRLF file stays CRLF, and
-a file without a final newline keeps it that way. The file's permission bits are kept.
+CWM's rules, which the model was trained on:
+- The body is read as the plugin reads its stdin (`as_plugin_input`): newlines normalized, a final
+  newline added. The block is found by one pattern: the path is the line right before the
+  `<<<<<<< SEARCH` line (anything above it is ignored), the search text runs to the first
+  `\\n=======\\n`, the replacement to the first `\\n>>>>>>> REPLACE` (anything after is ignored). No
+  block, or more than one, is an error.
+- The file is read as text with its line endings normalized to `\\n` (a CRLF file comes back LF).
+- The search text must occur starting at the beginning of a line; it may end mid-line (`def f(`
+  matches `def f(a):`). Occurrences may overlap. None: an error, with a hint about indentation when
+  the first search line, without its leading whitespace, is somewhere in the file. Several: an
+  error naming the lines where they start (`x = 1` is ambiguous next to `x = 10`).
+- One: it is replaced, the file written (even when nothing changed), and the model is told the
+  line it starts at, the new number of lines (newlines + 1), and the lines around it, numbered.
 
-The logic is `parse_edit` and `apply_edit` (text in, text or `EditError` out); `EditTool` is the
-thin part that finds, reads and writes the file through the sandbox's file API, so it works in
-images whose Python is old or missing.
+Every message ends with a newline, as the plugin prints it. The logic is `parse_edit` and
+`apply_edit` (text in, text or `EditError` out); `EditTool` reads and writes through the sandbox's
+file API, so it works in images whose Python is old or missing. Where CWM's plugin crashes with a
+traceback (a directory, a file that is not UTF-8), the model gets a one-line reason instead.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from cwm_agent.tools.base import ToolContext, ToolResult, failure, path_from_first_line, probe_path
+from cwm_agent.tools.base import ToolContext, ToolResult, as_plugin_input, failure, probe_path
+from cwm_agent.tools.release import run_release_plugin
 
-SEARCH_MARK = "<<<<<<< SEARCH"
-DIVIDER = "======="
-REPLACE_MARK = ">>>>>>> REPLACE"
+BLOCK = re.compile(
+    r"(?P<path>.*)\n<<<<<<< SEARCH\n(?P<search>[\s\S]*?)\n=======\n(?P<replace>[\s\S]*?)\n>>>>>>> REPLACE"
+)
+"""One SEARCH/REPLACE block and the line before it (CWM's grammar; `.` stops at a newline)."""
 
 SNIPPET_CONTEXT = 8
-"""Lines shown above and below the changed region (CWM's own edit tool showed 8)."""
+"""Lines shown above and below the replacement (CWM: 8)."""
 
 FORMAT_HINT = (
-    "An edit call is the file's path on the first line, then exactly one block:\n"
-    f"{SEARCH_MARK}\n[lines to find, copied exactly from the file]\n{DIVIDER}\n"
-    f"[lines to put in their place]\n{REPLACE_MARK}"
+    "The edit call could not be read. Write it in this form:\n\n"
+    "<tool: edit>\n[path]\n<<<<<<< SEARCH\n[search_lines]\n=======\n[replacement_lines]\n>>>>>>> REPLACE\n</tool>"
 )
 
 
 class EditError(Exception):
-    """The edit was not made; the message tells the model why and what to do."""
+    """The edit was not made; the message tells the model why."""
 
 
 @dataclass
 class EditRequest:
     path: str
-    splits: list[tuple[list[str], list[str]]]
-    """Candidate (search lines, replacement lines) pairs, one per `=======` line in the block.
-    Usually one; several only when a search or replacement line is itself `=======` (an RST
-    underline, say); `apply_request` picks one."""
-
-
-def _is(line: str, marker: str) -> bool:
-    return line.rstrip() == marker
-
-
-def parse_edit(body: str) -> EditRequest:
-    """Split an edit body into its path and SEARCH/REPLACE block, or raise EditError."""
-    path, rest = path_from_first_line(body)
-    if not path or path.startswith(("<<<<<<<", "=======", ">>>>>>>")):
-        raise EditError(f"The first line of an edit call must be the path of the file to change.\n{FORMAT_HINT}")
-    lines = rest.split("\n")
-    # Blank lines around the block carry no meaning; forgive them.
-    while lines and not lines[0].strip():
-        lines.pop(0)
-    while lines and not lines[-1].strip():
-        lines.pop()
-    searches = sum(_is(line, SEARCH_MARK) for line in lines)
-    replaces = sum(_is(line, REPLACE_MARK) for line in lines)
-    if searches == 0 and replaces == 0:
-        raise EditError(f"No SEARCH/REPLACE block found after the path.\n{FORMAT_HINT}")
-    if searches > 1 or replaces > 1:
-        raise EditError(
-            f"Only one SEARCH/REPLACE block is allowed per edit call; found {max(searches, replaces)}. "
-            "Make one edit per call."
-        )
-    if searches != 1 or replaces != 1:
-        missing = SEARCH_MARK if searches == 0 else REPLACE_MARK
-        raise EditError(f"The block has no `{missing}` line.\n{FORMAT_HINT}")
-    if not _is(lines[0], SEARCH_MARK):
-        raise EditError(f"Only the path may come before `{SEARCH_MARK}`.\n{FORMAT_HINT}")
-    if not _is(lines[-1], REPLACE_MARK):
-        raise EditError(f"Nothing may follow `{REPLACE_MARK}`.\n{FORMAT_HINT}")
-    inner = lines[1:-1]
-    dividers = [i for i, line in enumerate(inner) if _is(line, DIVIDER)]
-    if not dividers:
-        raise EditError(f"The block has no `{DIVIDER}` line between the search and replacement lines.\n{FORMAT_HINT}")
-    splits = [(inner[:i], inner[i + 1 :]) for i in dividers if i > 0]
-    if not splits:
-        raise EditError(
-            "The search part of the block is empty. Copy the exact lines to replace from the file; "
-            "to add a new file use create, to add lines search for the lines next to them."
-        )
-    return EditRequest(path=path, splits=splits)
+    search: str
+    replace: str
 
 
 @dataclass
 class EditOutcome:
-    data: bytes
+    content: str
     """The new file content."""
     message: str
-    """The success message for the model."""
+    """The success message for the model (without the final newline)."""
     line: int
     """1-based line where the replacement starts."""
     num_lines: int
-    changed: bool
 
 
-def _split_lines(text: str) -> tuple[list[str], bool]:
-    """Lines without their `\\n` (a CRLF line keeps its `\\r`), and whether the text ended with `\\n`."""
-    if text == "":
-        return [], False
-    lines = text.split("\n")
-    if lines[-1] == "":
-        return lines[:-1], True
-    return lines, False
+def parse_edit(body: str) -> EditRequest:
+    """The path and the block of an edit body, or EditError."""
+    blocks = [m.groupdict() for m in BLOCK.finditer(as_plugin_input(body))]
+    if not blocks:
+        raise EditError(FORMAT_HINT)
+    if len(blocks) > 1:
+        raise EditError(f"An edit call takes exactly one SEARCH/REPLACE block; this one has {len(blocks)}.")
+    return EditRequest(**blocks[0])
 
 
-def _bare(line: str) -> str:
-    return line[:-1] if line.endswith("\r") else line
+def occurrences(text: str, sub: str) -> list[int]:
+    """Every index where `sub` starts in `text`, overlapping ones included."""
+    found = []
+    index = text.find(sub)
+    while index != -1:
+        found.append(index)
+        index = text.find(sub, index + 1)
+    return found
 
 
-def _find(lines: list[str], search: list[str]) -> list[int]:
-    """0-based starts of every place where `search` equals consecutive whole lines."""
-    n, k = len(lines), len(search)
-    first = search[0]
-    return [
-        i
-        for i in range(n - k + 1)
-        if _bare(lines[i]) == first and all(_bare(lines[i + j]) == search[j] for j in range(1, k))
-    ]
-
-
-def _shown(line: str) -> str:
-    """A line as the model should see it: no `\\r`, undecodable bytes as U+FFFD."""
-    return _bare(line).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def _numbered(lines: list[str], start: int) -> str:
+def numbered(lines: list[str], start: int) -> str:
     """`cat -n` style: the 1-based number right-aligned in 6 columns, a tab, the line."""
-    return "\n".join(f"{number:6}\t{_shown(line)}" for number, line in enumerate(lines, start=start))
+    return "\n".join(f"{number:6}\t{line}" for number, line in enumerate(lines, start=start))
 
 
-def _not_found_message(lines: list[str], search: list[str], path: str) -> str:
-    message = f"No change was made: the search lines do not appear verbatim in {path}."
-    first = search[0]
-    exact = [i for i, line in enumerate(lines) if _bare(line) == first]
-    if exact:
-        # The first line is there; say where the match breaks off, which is usually one small typo.
-        best_start, best_len = exact[0], 0
-        for i in exact:
-            length = 0
-            while length < len(search) and i + length < len(lines) and _bare(lines[i + length]) == search[length]:
-                length += 1
-            if length > best_len:
-                best_start, best_len = i, length
-        file_line = best_start + best_len
-        if file_line >= len(lines):
-            return message + (
-                f" Search lines 1-{best_len} match lines {best_start + 1}-{file_line} of the file, "
-                f"but the file ends there while the search has {len(search)} lines."
-            )
-        differs = _bare(lines[file_line])
-        how = "only in whitespace" if differs.strip() == search[best_len].strip() else "in its text"
-        return message + (
-            f" Search lines 1-{best_len} match lines {best_start + 1}-{file_line} of the file, but search line "
-            f"{best_len + 1} differs from file line {file_line + 1} {how}. The file has there:\n"
-            f"{_numbered([lines[file_line]], file_line + 1)}"
-        )
-    stripped = first.strip()
-    if stripped:
-        loose = [i + 1 for i, line in enumerate(lines) if _bare(line).strip() == stripped]
-        if loose:
-            where = ", ".join(map(str, loose[:10]))
-            return message + (
-                f" The first search line appears at line(s) {where} with different indentation or surrounding "
-                "whitespace: the search lines must match the file exactly, indentation included."
-            )
-    return message + " Look at the file again (e.g. with `sed -n` or `grep -n`) and copy the lines exactly."
-
-
-def apply_edit(data: bytes, search: list[str], replace: list[str], path: str) -> EditOutcome:
-    """Replace the one occurrence of `search` in the file `data`, or raise EditError.
-
-    `path` is only used in messages.
-    """
-    if b"\0" in data:
-        raise EditError(f"{path} looks like a binary file; edit only changes text files.")
-    # surrogateescape keeps bytes that are not UTF-8 exactly as they were.
-    text = data.decode("utf-8", "surrogateescape")
-    lines, trailing_newline = _split_lines(text)
-    search = [_bare(line) for line in search]
-    starts = _find(lines, search)
+def apply_edit(content: str, search: str, replace: str, path: str) -> EditOutcome:
+    """Replace the one line-start occurrence of `search` in `content` (newlines already `\\n`), or
+    raise EditError. `path` is only used in messages."""
+    # A newline in front of both: an occurrence must start at the beginning of a line.
+    text, needle = "\n" + content, "\n" + search
+    starts = occurrences(text, needle)
     if not starts:
-        raise EditError(_not_found_message(lines, search, path))
+        message = f"Nothing was replaced: the search text does not occur verbatim in {path}."
+        if search.partition("\n")[0].lstrip() in text:
+            message += " It must match whole consecutive lines of the file exactly, indentation included."
+        raise EditError(message)
     if len(starts) > 1:
-        where = ", ".join(str(i + 1) for i in starts)
+        lines = ", ".join(str(text.count("\n", 0, i) + 1) for i in starts)
         raise EditError(
-            f"No change was made: the search lines appear {len(starts)} times in {path}, starting at lines {where}. "
-            "Add surrounding lines to the search so that it matches only one place."
+            f"Nothing was replaced: the search text occurs more than once in {path}, starting at lines {lines}. "
+            "Make it unique."
         )
     start = starts[0]
-    # The file's line ending, by majority of the lines that have one.
-    ended = lines if trailing_newline else lines[:-1]
-    crlf = sum(line.endswith("\r") for line in ended) * 2 > len(ended) > 0
-    new_block = [_bare(line) + ("\r" if crlf else "") for line in replace]
-    new_lines = lines[:start] + new_block + lines[start + len(search) :]
-    # A file without a final newline keeps none: when the edit reached the end, the new last
-    # line loses the `\r` of its CRLF ending too.
-    if not trailing_newline and start + len(search) == len(lines) and new_lines:
-        new_lines[-1] = _bare(new_lines[-1])
-    new_text = "\n".join(new_lines) + ("\n" if new_lines and trailing_newline else "")
-    new_lines = _split_lines(new_text)[0]
-    new_data = new_text.encode("utf-8", "surrogateescape")
-    changed = new_data != data
-
-    line = start + 1
-    first_shown = max(1, line - SNIPPET_CONTEXT)
-    last_shown = min(len(new_lines), line + len(new_block) - 1 + SNIPPET_CONTEXT)
-    snippet = _numbered(new_lines[first_shown - 1 : last_shown], first_shown)
-    count = f"{len(new_lines)} line{'' if len(new_lines) == 1 else 's'}"
-    if not changed:
-        head = f"The replacement lines are the same as the search lines; {path} is unchanged ({count})."
-    else:
-        what = "updated" if new_block else "updated (lines deleted)"
-        head = f"The file {path} was {what} at line {line} and now has {count}."
+    new_content = text[:start] + "\n" + replace + text[start + len(needle) :]
+    new_content = new_content[1:]
+    line = text.count("\n", 0, start) + 1
+    num_lines = new_content.count("\n") + 1
+    first = max(1, line - SNIPPET_CONTEXT)
+    last = line + SNIPPET_CONTEXT + replace.count("\n")
+    snippet = numbered(new_content.split("\n")[first - 1 : last], first)
     message = (
-        f"{head} The lines around the edit:\n{snippet}\n"
-        "Review the change and make sure it is what you intended; fix it with another edit if not."
+        f"Edited {path}: the change starts at line {line}, and the file has {num_lines} lines now. "
+        f"The lines around the change:\n{snippet}\n"
+        "Check that the change is what you meant."
     )
-    return EditOutcome(data=new_data, message=message, line=line, num_lines=len(new_lines), changed=changed)
+    return EditOutcome(content=new_content, message=message, line=line, num_lines=num_lines)
 
 
-def apply_request(data: bytes, request: EditRequest) -> EditOutcome:
-    """Apply the request, choosing among candidate splits (see `EditRequest.splits`).
-
-    The longest search that matches wins: search lines are copied from the file, so a longer
-    unique match is the likelier reading. When none applies, the error for the first
-    `=======` is raised, the reading a person would make.
-    """
-    errors: list[EditError] = []
-    for search, replace in sorted(request.splits, key=lambda split: -len(split[0])):
-        try:
-            return apply_edit(data, search, replace, request.path)
-        except EditError as error:
-            errors.append(error)
-    raise errors[-1]
+def said(message: str) -> str:
+    """A message as the plugin prints it (with a final newline)."""
+    return message + "\n"
 
 
 class EditTool:
     name = "edit"
 
     def __call__(self, body: str, ctx: ToolContext) -> ToolResult:
+        if ctx.cwm_release:
+            return run_release_plugin(ctx, self.name, body)
         try:
             request = parse_edit(body)
         except EditError as error:
-            return failure(str(error))
-        info = probe_path(ctx, request.path)
-        if info.is_dir:
-            return failure(f"{request.path} is a directory; edit changes a file. Give the path of a file.")
+            return failure(said(str(error)))
+        path = request.path
+        info = probe_path(ctx, path)
         if not info.exists:
-            return failure(
-                f"The file {request.path} does not exist (resolved to {info.path}). "
-                "Check the path; to make a new file use create."
-            )
+            return failure(said(f"{path} does not exist. Give the path of an existing file."))
+        if info.is_dir:
+            return failure(said(f"{path} is a directory. Give the path of a file."))
         target = info.real_path or info.path
         try:
             data = ctx.sandbox.read_file(target)
-            outcome = apply_request(data, request)
+        except OSError as error:
+            return failure(said(f"{path} could not be read ({error.strerror or error})."))
+        try:
+            content = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return failure(said(f"{path} is not UTF-8 text (byte {error.start}); edit changes text files only."))
+        content = content.replace("\r\n", "\n").replace("\r", "\n")
+        try:
+            outcome = apply_edit(content, request.search, request.replace, path)
         except EditError as error:
-            return failure(str(error))
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
-            return failure(f"Could not read {request.path}: {error}")
-        if outcome.changed:
-            ctx.sandbox.write_file(target, outcome.data, mode=info.mode if info.mode is not None else 0o644)
-        return ToolResult(output=outcome.message, ok=True)
+            return failure(said(str(error)))
+        ctx.sandbox.write_file(
+            target, outcome.content.encode("utf-8"), mode=info.mode if info.mode is not None else 0o644
+        )
+        return ToolResult(output=said(outcome.message), ok=True)
