@@ -145,7 +145,7 @@ def export_run(
     dedup: bool = False,
     threshold: float = 0.9,
 ) -> dict[str, Any]:
-    """Write the records to `output` (JSONL) and its summary beside it (`<output>.summary.json`); returns the summary."""
+    """Write the records to `output` (JSONL) and the summary to `<output>.summary.json`; returns the summary."""
     traj_dir = run_dir / "trajectories"
     if not traj_dir.is_dir():
         raise ExportError(

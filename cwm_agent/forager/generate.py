@@ -106,7 +106,7 @@ class ForageStats:
 
 def default_repo(image: str) -> str:
     """`owner/name` for an image: from a SWE-bench image's instance id, else the image's repository."""
-    name = image.rsplit("/", 1)[-1].split(":", 1)[0]
+    name = image.rsplit("/", 1)[-1].split(":", 1)[0].replace("_1776_", "__")
     if name.startswith("sweb.eval.") and "__" in name:
         instance = name.split(".", 3)[-1]
         owner, rest = instance.split("__", 1)
@@ -127,6 +127,7 @@ def order_candidates(mutations: list[Mutation], seed: int) -> list[Mutation]:
         names = sorted(ops)
         rng.shuffle(names)
         for name in names:
+            ops[name].sort(key=lambda m: (m.line, m.key))
             rng.shuffle(ops[name])
         interleaved: list[Mutation] = []
         while any(ops[n] for n in names):
@@ -199,10 +200,9 @@ class _Workspace:
 
     def fix_patch(self, path: str) -> str:
         out = f"{PROBE_DIR}/fix.diff"
-        self.sh(
-            f"cd {shlex.quote(self.options.repo_dir)} && git diff -R --src-prefix=b/ --dst-prefix=a/ -- {shlex.quote(path)} > {out}",
-            timeout=60,
-        )
+        # -R swaps the prefixes too: the fix comes out as a/ (buggy) -> b/ (original), like any patch.
+        diff = f"git diff -R --src-prefix=b/ --dst-prefix=a/ -- {shlex.quote(path)}"
+        self.sh(f"cd {shlex.quote(self.options.repo_dir)} && {diff} > {out}", timeout=60)
         return self.sandbox.read_file(out).decode("utf-8")
 
 

@@ -333,7 +333,8 @@ def function_mutations(path: str, src: _Source, func: Function) -> Iterator[Muta
                 text = src.seg(test)
                 edit = (src.start(test), src.end(test), f"not {text}" if isinstance(test, _ATOMS) else f"not ({text})")
             candidates.append(make("negate", test, edit))
-        if isinstance(node, ast.stmt) or node is func.node:
+    for node in [func.node, *nodes]:
+        if isinstance(node, ast.stmt):
             for body in _bodies(node):
                 for stmt in body:
                     if isinstance(stmt, (ast.Assign, ast.AugAssign)) or (
