@@ -149,7 +149,7 @@ def test_rollouts_are_told_apart_by_the_user_field():
 
 
 def test_the_default_script_tokenizer_serves_ids_too():
-    with ScriptedServer([Reply("x"), Reply("hello there")]) as server:  # the probe takes the first
+    with ScriptedServer([Reply("hello there")]) as server:  # the probe uses no scripted reply
         prompt = server.tokenizer.encode("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>")
 
         async def go():

@@ -22,7 +22,7 @@ from cwm_agent.agent.trajectory import Action, ExitStatus, TokenCounts, Turn
 from cwm_agent.model.base import Model
 from cwm_agent.model.client import Completion, ModelError, SamplingParams
 from cwm_agent.prompts.parse import FormatError, parse_reply
-from cwm_agent.prompts.render import Message
+from cwm_agent.prompts.render import THINK_END, Message
 from cwm_agent.prompts.texts import Texts
 from cwm_agent.sandbox.base import SandboxError
 from cwm_agent.tools import ToolContext, ToolResult, run_tool
@@ -112,13 +112,14 @@ class Agent:
                 )
             if state.turns >= cfg.max_turns:
                 raise EpisodeEnd(ExitStatus.TURN_LIMIT, f"reached the limit of {cfg.max_turns} turns")
+            if cfg.reasoning and completion.text.count(THINK_END) == 1:
+                turn.thinking = completion.text.split(THINK_END, 1)[0]
             try:
                 reply = parse_reply(completion.text, cfg.reasoning, tools=self.tool_names, messages=self.texts.parse)
             except FormatError as error:
                 turn.format_error = error.feedback()
                 await self._malformed(dialogue, turn, error)
                 return
-            turn.thinking = reply.thinking
             call = reply.tool_call
             turn.action = Action(tool=call.name, body=call.body)
             result = await self._act(call.name, call.body)

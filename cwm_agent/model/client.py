@@ -413,7 +413,11 @@ class ModelClient:
         """One reply to a `cwm_agent.model.base.Prompt`: chat messages with `api: chat`, token ids when the
         prompt carries them, else the rendered text."""
         if self.config.api == "chat":
-            return await self.chat(prompt.messages, sampling, prompt_tokens=None)
+            completion = await self.chat(prompt.messages, sampling, prompt_tokens=None)
+            # The reply continues "<think>\n" as a completion does: an opening the server's template left
+            # to the model is not part of it.
+            completion.text = completion.text.removeprefix("<think>\n")
+            return completion
         if prompt.ids is not None:
             return await self.complete_ids(prompt.ids, sampling, rollout=prompt.rollout)
         return await self.complete(prompt.text, sampling)

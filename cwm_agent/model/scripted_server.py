@@ -400,6 +400,10 @@ class ScriptedServer:
         return None
 
     def _next_entry(self, request: ScriptedRequest) -> Reply | Fault:
+        if _is_capability_probe(request.body):
+            # `ModelClient.supports_token_ids` asks for one token after <|begin_of_text|>: answered here,
+            # so a harness that probes first does not use up a scripted reply.
+            return Reply(".")
         if self.policy is not None:
             try:
                 return parse_entry(self.policy(request))
@@ -787,6 +791,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._handle("POST")
+
+
+def _is_capability_probe(body: dict[str, Any]) -> bool:
+    return body.get("prompt") == [SPECIAL_IDS["<|begin_of_text|>"]] and body.get("max_tokens") == 1
 
 
 def load_script(path: Path) -> list[Reply | Fault]:
