@@ -18,7 +18,7 @@ ASSISTANT_HEADER = "<|start_header_id|>assistant<|end_header_id|>"
 def gold_steps(patch: str) -> list[str]:
     """The model's replies of one episode (after the generation prompt's `<think>`)."""
     return [
-        f"I will write the fix.\n</think>\n<tool: create>\n/tmp/gold.patch\n{patch}</tool>",
+        f"I will write the fix.\n</think>\n<tool: create>\n/tmp/gold.patch\n{patch}\n</tool>",
         "Apply it and write the patch.\n</think>\n<tool: bash>\n"
         "cd /testbed && git apply /tmp/gold.patch && git diff > /tmp/fix.patch && wc -l /tmp/fix.patch\n</tool>",
         "Submit.\n</think>\n<tool: submit>\n/tmp/fix.patch\n</tool>",

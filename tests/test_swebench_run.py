@@ -123,7 +123,8 @@ def snapshot(out: Path) -> dict[str, tuple[bytes, int]]:
     """Every file of a run directory: contents and modification time."""
     return {
         str(p.relative_to(out)): (p.read_bytes(), p.stat().st_mtime_ns)
-        for p in sorted(out.rglob("*")) if p.is_file() and "eval" not in p.relative_to(out).parts
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and "eval" not in p.relative_to(out).parts and p.name != "run.lock"
     }  # fmt: skip
 
 
@@ -168,10 +169,11 @@ def test_batch_run_writes_official_predictions_and_they_resolve(model, reference
         assert p["model_patch"].splitlines()[-8:] == gold_patch[p["instance_id"]].splitlines()[-8:]
     results = lines(out / "results.jsonl")
     assert [r["instance_id"] for r in results] == IDS
-    assert all(r["status"] == "submitted" and r["submitted"] and r["turns"] == 4 for r in results)
+    assert all(r["status"] == "submitted" and r["graded"] and r["turns"] == 4 for r in results)
+    assert [(r["kind"], r["rollout"], r["item_id"]) for r in results] == [("patch", 0, i) for i in IDS]
     for iid in IDS:
         trajectory = Trajectory.load(out / "trajectories" / f"{iid}.jsonl")
-        assert trajectory.result is not None and trajectory.result.exit_status.value == "submitted"
+        assert trajectory.result is not None and trajectory.result.status.value == "submitted"
         assert trajectory.result.submission == next(p["model_patch"] for p in preds if p["instance_id"] == iid)
         assert len(trajectory.turns) == 4
 
@@ -181,7 +183,8 @@ def test_batch_run_writes_official_predictions_and_they_resolve(model, reference
     assert again.returncode == 0, again.stderr
     assert generations(server) == asked
     assert snapshot(out) == before
-    assert "3/3 instances done, 3 submitted, 0 errors" in again.stdout
+    assert "3/3 work items done (0 in this run, 3 before)" in again.stdout
+    assert "3 of 3 with a patch" in again.stdout and "evaluate them with" in again.stdout
 
     evaluated = run("eval", "--predictions", str(out / "preds.jsonl"), "--dataset", str(INSTANCES_FILE),
                     "--output", str(out / "eval"), "--workers", "3")  # fmt: skip
@@ -204,8 +207,13 @@ def test_errors_are_kept_and_rerun_only_on_request(model, local_images, tmp_path
     out = tmp_path / "run"
 
     first = batch(server, out, dataset=dataset)
-    assert first.returncode == 0, first.stderr
-    assert "4/4 instances done, 2 submitted, 2 errors" in first.stdout
+    assert first.returncode == 3, first.stderr  # some work items errored
+    assert "4/4 work items done" in first.stdout and "2 of 4 with a patch" in first.stdout
+    assert "endings: submitted 2, " in first.stdout
+    # Each error kind once, with its first full message.
+    assert "image_error (1), first: No image for cwm-local__missing-1" in first.stdout
+    assert "build it with `cwm-agent swebench build-local`" in first.stdout
+    assert "model_error (1), first: " in first.stdout
     results = {r["instance_id"]: r for r in lines(out / "results.jsonl")}
     assert list(results) == order
     assert results[INFLECTION]["status"] == "model_error" and "HTTP 400" in results[INFLECTION]["detail"]
@@ -221,13 +229,13 @@ def test_errors_are_kept_and_rerun_only_on_request(model, local_images, tmp_path
     policy.fail = set()
     before, asked = snapshot(out), generations(server)
     plain = batch(server, out, dataset=dataset)
-    assert plain.returncode == 0, plain.stderr
+    assert plain.returncode == 3, plain.stderr
     assert generations(server) == asked and snapshot(out) == before
 
     # With it, only the errored instances run again (the missing image fails again, quickly).
     seen_before = len(policy.seen)
     rerun = batch(server, out, "--rerun-errors", dataset=dataset)
-    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.returncode == 3, rerun.stderr  # the image is still missing
     assert set(policy.seen[seen_before:]) == {INFLECTION}
     after = {r["instance_id"]: r for r in lines(out / "results.jsonl")}
     assert list(after) == order
@@ -238,7 +246,7 @@ def test_errors_are_kept_and_rerun_only_on_request(model, local_images, tmp_path
         assert now[f"trajectories/{iid}.jsonl"] == before[f"trajectories/{iid}.jsonl"]
     new_preds = {p["instance_id"]: p for p in lines(out / "preds.jsonl")}
     assert list(new_preds) == order and new_preds[INFLECTION]["model_patch"].startswith("diff --git")
-    assert "4/4 instances done, 3 submitted, 1 errors" in rerun.stdout
+    assert "4/4 work items done (2 in this run, 2 before)" in rerun.stdout and "3 of 4 with a patch" in rerun.stdout
 
 
 def test_kill_9_mid_batch_then_prune_and_resume_gives_the_same_files(model, reference, tmp_path):
@@ -276,7 +284,7 @@ def test_kill_9_mid_batch_then_prune_and_resume_gives_the_same_files(model, refe
     assert (out / "preds.jsonl").read_bytes() == (reference / "preds.jsonl").read_bytes()
     results = lines(out / "results.jsonl")
     assert [r["instance_id"] for r in results] == IDS and all(r["status"] == "submitted" for r in results)
-    assert Trajectory.load(out / "trajectories" / f"{SIX}.jsonl").result.exit_status.value == "submitted"
+    assert Trajectory.load(out / "trajectories" / f"{SIX}.jsonl").result.status.value == "submitted"
 
 
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
@@ -353,11 +361,15 @@ def test_an_unexpected_failure_of_one_instance_does_not_end_the_batch(tmp_path, 
     out = tmp_path / "run"
     (out / "trajectories" / "cwm-local__six-1.jsonl").mkdir(parents=True)
     proc = batch(server, out)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 3, proc.stdout + proc.stderr
     status = {r["instance_id"]: r["status"] for r in lines(out / "results.jsonl")}
     assert status == {IDS[0]: "submitted", IDS[1]: "harness_error", IDS[2]: "submitted"}
     assert "IsADirectoryError" in lines(out / "results.jsonl")[1]["detail"]
-    assert "1 errors" in proc.stdout
+    assert "harness_error (1), first: IsADirectoryError" in proc.stdout
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    log = (out / "logs" / "harness.log").read_text()
+    assert "Traceback (most recent call last)" in log and "IsADirectoryError" in log
+    assert str(out / "logs" / "harness.log") in proc.stdout
     (out / "trajectories" / "cwm-local__six-1.jsonl").rmdir()
     rerun = batch(server, out, "--rerun-errors")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr

@@ -1,4 +1,4 @@
-"""`cwm-agent swebench run`: the agent over a dataset with a live progress display."""
+"""`cwm-agent swebench run`: the agent over a dataset (K rollouts per instance) with a live display."""
 
 from __future__ import annotations
 
@@ -8,29 +8,15 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.live import Live
-from rich.text import Text
+from rich.markup import escape
 
-from cwm_agent.cli.common import split_ids
+from cwm_agent.cli.common import SET_HELP, check_output_dir, parse_set_options, split_ids
 from cwm_agent.cli.console import err
 from cwm_agent.cli.console import user_error as _fail
 
 
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def progress_line(p) -> Text:
-    import time
-
-    return Text.from_markup(
-        f"[bold]{p.done}/{p.total}[/bold] done  [green]{p.submitted} submitted[/green]  "
-        f"[red]{p.errors} errors[/red]  {p.running} running  {p.tokens:,} tokens generated  "
-        f"elapsed {_clock(time.monotonic() - p.started)}  ETA {_clock(p.eta)}"
-    )
+def _say(text: str) -> None:
+    err.print(escape(text), highlight=False, soft_wrap=True)
 
 
 def run_command(
@@ -38,89 +24,117 @@ def run_command(
         ..., "--dataset", "-d", help="Dataset: .jsonl/.json/.parquet file, or a Hugging Face id."
     ),
     output: Path = typer.Option(
-        ..., "--output", "-o", help="Run directory (trajectories/, preds.jsonl, results.jsonl)."
+        ..., "--output", "-o", help="Run directory (run.json, results.jsonl, preds.jsonl, trajectories/)."
     ),
-    workers: int = typer.Option(4, "--workers", "-w", min=1, help="Instances run at once (one sandbox each)."),
+    workers: int = typer.Option(4, "--workers", "-w", min=1, help="Work items run at once (one sandbox each)."),
     model_url: Optional[str] = typer.Option(
         None, "--model-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."
     ),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML config (see `cwm-agent config`)."),
+    set_options: Optional[List[str]] = typer.Option(None, "-c", "--set", help=SET_HELP),
     instance_ids: Optional[List[str]] = typer.Option(
         None, "--instance-ids", help="Only these instances (repeat, or comma-separated)."
     ),
     repos: Optional[List[str]] = typer.Option(None, "--repos", help="Only instances of these repositories."),
     slice_: Optional[str] = typer.Option(None, "--slice", help="A slice of the (filtered) dataset, e.g. 0:50."),
     shuffle_seed: Optional[int] = typer.Option(None, "--shuffle-seed", help="Shuffle the dataset with this seed."),
+    rollouts: int = typer.Option(1, "--rollouts", "-k", min=1, help="Independent patch rollouts per instance."),
+    test_rollouts: int = typer.Option(
+        0, "--test-rollouts", min=0, help="Test-generation rollouts per instance (CWM's test_issue.py episode)."
+    ),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", help="Sampling seed of rollout k is SEED + k (default: the config's sampling.seed)."
+    ),
+    grade_unfinished: bool = typer.Option(
+        False,
+        "--grade-unfinished",
+        help="Put the last submission of episodes ended by a turn, context or time limit in the predictions "
+        "(CWM counts them as failed: empty patch).",
+    ),
     rerun_errors: bool = typer.Option(
-        False, "--rerun-errors", help="Run again instances that ended in a model, sandbox or image error."
+        False, "--rerun-errors", help="Run again work items that ended in a model, sandbox, image or harness error."
+    ),
+    allow_mixed: bool = typer.Option(
+        False,
+        "--allow-mixed",
+        help="Continue a run folder made with other settings (model, config, dataset, rollouts); "
+        "each new result records its settings.",
     ),
     allow_pull: bool = typer.Option(False, "--allow-pull", help="Pull missing images from a registry."),
     registry_prefix: Optional[str] = typer.Option(
         None, "--registry-prefix", help="Registry mirror for official images."
     ),
     split: str = typer.Option("test", "--split", help="Split, for Hugging Face datasets."),
+    status_every: float = typer.Option(
+        30.0, "--status-every", min=0.1, help="Seconds between status lines when the output is not a terminal."
+    ),
 ) -> None:
-    """Run the agent on each instance (N sandboxes at once); resumable: finished instances are skipped."""
-    from cwm_agent.agent.config import ConfigError, load_config
+    """Run the agent on each instance (N sandboxes at once); resumable: finished work items are skipped.
+
+    Exit status: 0 when every work item ran (whatever the model did), 3 when some errored, 4 when the
+    model server went down and the run was stopped, 2 for a mistake in the command.
+    """
+    from cwm_agent.agent.config import load_config
+    from cwm_agent.cli.common import merge
     from cwm_agent.model.client import ModelError
+    from cwm_agent.runs.batch import exit_code
+    from cwm_agent.runs.display import LiveDisplay
+    from cwm_agent.runs.summary import summary_lines
     from cwm_agent.sandbox.base import SandboxError
     from cwm_agent.sandbox.cleanup import sigterm_as_interrupt, sweep_run
-    from cwm_agent.swebench.batch import run_batch
-    from cwm_agent.swebench.dataset import DatasetError, load_instances
+    from cwm_agent.swebench.batch import SWEBenchRun, check_unique
+    from cwm_agent.swebench.dataset import load_instances
 
-    try:
-        config = load_config(config_file, {"model": {"url": model_url} if model_url else {}})
-        instances = load_instances(
-            dataset,
-            instance_ids=split_ids(instance_ids),
-            repos=split_ids(repos),
-            slice=slice_,
-            shuffle_seed=shuffle_seed,
-            split=split,
-        )
-    except (ConfigError, DatasetError) as exc:
-        raise _fail(str(exc)) from None
+    overrides = merge(parse_set_options(set_options), {"model": {"url": model_url} if model_url else {}})
+    config = load_config(config_file, overrides)
+    filters = {"instance_ids": split_ids(instance_ids), "repos": split_ids(repos), "slice": slice_,
+               "shuffle_seed": shuffle_seed}  # fmt: skip
+    instances = load_instances(dataset, split=split, **filters)
     if not instances:
         raise _fail(f"no instance of {dataset} matches the filters.")
-    if output.exists() and not output.is_dir():
-        raise _fail(f"--output {output} is a file; pass a directory.")
+    check_unique(instances, dataset)
+    check_output_dir(output)
+    source = str(Path(dataset).resolve()) if Path(dataset).exists() else dataset
+    run = SWEBenchRun(
+        instances=instances,
+        config=config,
+        output=output,
+        dataset_source=source,
+        dataset_split=None if Path(dataset).exists() else split,
+        filters={k: v for k, v in filters.items() if v is not None},
+        workers=workers,
+        rollouts=rollouts,
+        test_rollouts=test_rollouts,
+        seed=seed,
+        grade_unfinished=grade_unfinished,
+        rerun_errors=rerun_errors,
+        allow_mixed=allow_mixed,
+        registry_prefix=registry_prefix,
+        allow_pull=allow_pull,
+        run_id=uuid.uuid4().hex[:12],
+    )
 
-    live = Live(Text(""), console=err, refresh_per_second=4, transient=False) if err.is_terminal else None
-    last_done = -1
+    def announce(batch) -> None:  # noqa: ANN001
+        todo = len(batch.todo())
+        _say(
+            f"run id {run.run_id}: {len(instances)} instances, {len(batch.items)} work items "
+            f"({todo} to run) -> {output}"
+        )
 
-    def update(p) -> None:
-        nonlocal last_done
-        if live is not None:
-            live.update(progress_line(p))
-        elif p.done != last_done:  # logs: one line per finished instance
-            last_done = p.done
-            err.print(progress_line(p), highlight=False, soft_wrap=True)
-
-    run_id = uuid.uuid4().hex[:12]
+    def display(progress):  # noqa: ANN001, ANN202
+        return LiveDisplay(progress, err, status_every=status_every)
 
     terminated: list[int] = []
     try:
-        if live is not None:
-            live.start()
         try:
             with sigterm_as_interrupt() as terminated:
-                progress = asyncio.run(
-                    run_batch(
-                        instances, config, output, workers, rerun_errors, registry_prefix, allow_pull,
-                        on_update=update, run_id=run_id,
-                    )
-                )  # fmt: skip
+                result = asyncio.run(run.run(display, announce))
         except BaseException:
-            sweep_run(run_id)
+            sweep_run(run.run_id)
             raise
     except KeyboardInterrupt:
-        if live is not None:
-            live.stop()
         how = "terminated" if terminated else "interrupted"
-        err.print(
-            f"{how}: containers removed; finished instances are kept in {output} (run again to resume).",
-            highlight=False, soft_wrap=True,
-        )  # fmt: skip
+        _say(f"{how}: containers removed; finished work items are kept in {output} (run again to resume).")
         raise typer.Exit(143 if terminated else 130) from None
     except (ModelError, SandboxError) as exc:
         raise _fail(str(exc)) from None
@@ -128,14 +142,17 @@ def run_command(
         raise _fail(
             f"cannot write the run directory {output}: {exc.strerror or exc} ({exc.filename or output})."
         ) from None
-    finally:
-        if live is not None:
-            live.stop()
-    typer.echo(
-        f"{progress.done}/{progress.total} instances done, {progress.submitted} submitted, {progress.errors} errors; "
-        f"predictions: {output / 'preds.jsonl'}"
-    )
-    typer.echo(
-        f"evaluate them with: cwm-agent swebench eval --predictions {output / 'preds.jsonl'} "
-        f"--dataset {dataset} --output {output / 'eval'}"
-    )
+    progress = result.progress
+    for line in summary_lines(progress, result.folder, run.run_id):
+        typer.echo(line)
+    submitted = result.submitted()
+    preds = result.predictions.get(0)
+    if preds is not None:
+        others = f" (and {len(result.predictions) - 1} more rollouts in {output / 'preds'})" if rollouts > 1 else ""
+        typer.echo(f"predictions: {preds}: {submitted} of {len(instances)} with a patch{others}")
+    if submitted:
+        typer.echo(
+            f"evaluate them with: cwm-agent swebench eval --predictions {preds} --dataset {dataset} "
+            f"--output {output / 'eval'}"
+        )
+    raise typer.Exit(exit_code(progress))

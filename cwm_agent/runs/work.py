@@ -11,16 +11,16 @@ executor makes on its side.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from cwm_agent.agent.config import RunConfig
+from cwm_agent.agent.record import EpisodeRecord, TokenTotals
 from cwm_agent.agent.run import run_task
 from cwm_agent.agent.task import Task
 from cwm_agent.model.client import ModelClient
@@ -70,26 +70,6 @@ class WorkItem(BaseModel):
     image: ImageLookup | None = None
 
 
-class TokenUse(BaseModel):
-    """Tokens of one work item (or a sum over many)."""
-
-    prompt: int = 0
-    """Tokens processed: the sum of the prompt tokens of every request."""
-    completion: int = 0
-    """Tokens generated."""
-    cached: int | None = None
-    """Prompt tokens served from the server's prefix cache; None when the server never said."""
-    context: int = 0
-    """The final dialogue's size (prompt + reply of the last request)."""
-
-    def add(self, other: TokenUse) -> None:
-        self.prompt += other.prompt
-        self.completion += other.completion
-        if other.cached is not None:
-            self.cached = (self.cached or 0) + other.cached
-        self.context += other.context
-
-
 class ItemRecord(BaseModel):
     """One line of results.jsonl: how one work item ended."""
 
@@ -105,7 +85,7 @@ class ItemRecord(BaseModel):
     submission: str | None = None
     """The last accepted submission, kept whether graded or not."""
     turns: int = 0
-    tokens: TokenUse = Field(default_factory=TokenUse)
+    tokens: TokenTotals = Field(default_factory=TokenTotals)
     model_seconds: float = 0.0
     tool_seconds: float = 0.0
     elapsed: float = 0.0
@@ -113,6 +93,19 @@ class ItemRecord(BaseModel):
     """The model server's URL that served this item."""
     settings: dict[str, Any] | None = None
     """The run's settings when this item ran, recorded only in a run continued with `--allow-mixed`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_lines(cls, data: Any) -> Any:
+        """A line written before work items (one per instance) reads as (patch, rollout 0)."""
+        if isinstance(data, dict) and "item_id" not in data and "instance_id" in data:
+            data = {
+                **data,
+                "item_id": item_id_for(data["instance_id"], data.get("kind", "patch"), data.get("rollout", 0)),
+            }
+            if "graded" not in data:
+                data["graded"] = bool(data.get("submitted")) and data.get("status") == "submitted"
+        return data
 
     @property
     def errored(self) -> bool:
@@ -195,41 +188,22 @@ def find_image(lookup: ImageLookup, docker_client: Any, instance_id: str) -> str
     raise ImageNotFoundError(f"No image for {instance_id}: tried {', '.join(lookup.candidates)}{pulled}.{how}")
 
 
-def _accepts(fn: Callable[..., Any], name: str) -> bool:
-    return name in inspect.signature(fn).parameters
-
-
-def _record_from(item: WorkItem, outcome: Any, turns_seen: list[Any], endpoint: str) -> ItemRecord:
-    """The results line from what `run_task` returned (an `EpisodeRecord`)."""
-    tokens = getattr(outcome, "tokens", None)
-    if tokens is not None:
-        use = TokenUse(prompt=tokens.prompt, completion=tokens.completion, cached=tokens.cached, context=tokens.context)
-        model_s, tool_s = outcome.model_seconds, outcome.tool_seconds
-    else:  # an outcome without totals: summed from the turns seen
-        use = TokenUse(context=getattr(outcome, "context_tokens", 0))
-        for turn in turns_seen:
-            use.add(TokenUse(prompt=turn.tokens.prompt, completion=turn.tokens.completion, cached=turn.tokens.cached))
-        use.completion = use.completion or getattr(outcome, "completion_tokens", 0)
-        model_s = sum(t.model_seconds for t in turns_seen)
-        tool_s = sum(t.tool_seconds for t in turns_seen)
-    submission = getattr(outcome, "submission", getattr(outcome, "patch", None))
-    graded = getattr(outcome, "graded", None)
-    if graded is None:
-        graded = submission is not None and outcome.status.value == "submitted"
+def _record_from(item: WorkItem, episode: EpisodeRecord, endpoint: str) -> ItemRecord:
+    """The results line of a finished episode."""
     return ItemRecord(
         instance_id=item.instance_id,
         kind=item.kind,
         rollout=item.rollout,
         item_id=item.item_id,
-        status=outcome.status.value,
-        graded=graded,
-        detail=outcome.detail,
-        submission=submission,
-        turns=outcome.turns,
-        tokens=use,
-        model_seconds=round(model_s, 3),
-        tool_seconds=round(tool_s, 3),
-        elapsed=round(outcome.elapsed, 3),
+        status=episode.status.value,
+        graded=episode.graded,
+        detail=episode.detail,
+        submission=episode.submission,
+        turns=episode.turns,
+        tokens=episode.tokens,
+        model_seconds=round(episode.model_seconds, 3),
+        tool_seconds=round(episode.tool_seconds, 3),
+        elapsed=round(episode.elapsed, 3),
         endpoint=endpoint,
     )
 
@@ -274,16 +248,11 @@ async def run_work_item(item: WorkItem, ctx: ItemContext) -> ItemResult:
             return failed("image_error", str(exc))
         task = task.model_copy(update={"image": image})
 
-    turns_seen: list[Any] = []
-
     def on_turn(turn: Any) -> None:
-        turns_seen.append(turn)
         if ctx.on_turn is not None:
             ctx.on_turn(item, turn)
 
-    kwargs: dict[str, Any] = {"run_id": ctx.run_id}
-    if _accepts(run_task, "on_turn"):
-        kwargs["on_turn"] = on_turn
+    kwargs: dict[str, Any] = {"run_id": ctx.run_id, "on_turn": on_turn}
     try:
         if ctx.model is not None:
             outcome = await run_task(task, config, ctx.model, ctx.trajectory_path, **kwargs)
@@ -297,6 +266,4 @@ async def run_work_item(item: WorkItem, ctx: ItemContext) -> ItemResult:
             raise
         log.debug("%s: unexpected error", item.item_id, exc_info=True)
         return failed("harness_error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
-    return ItemResult(
-        record=_record_from(item, outcome, turns_seen, endpoint), final_diff=getattr(outcome, "final_diff", "")
-    )
+    return ItemResult(record=_record_from(item, outcome, endpoint), final_diff=outcome.final_diff)

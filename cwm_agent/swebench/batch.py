@@ -1,62 +1,38 @@
-"""`swebench run`: the agent over many instances, N sandboxes at a time, resumable.
+"""`swebench run`: the agent over many SWE-bench instances (K patch and T test rollouts each), resumable.
 
-Output directory:
-- `trajectories/<instance_id>.jsonl`: one trajectory per instance (the shared pipeline's file).
-- `results.jsonl`: one line per finished instance: exit status, error, turns, tokens, seconds.
-- `preds.jsonl`: the official predictions format (instance_id, model_name_or_path, model_patch).
+The SWE-bench use of `cwm_agent.runs`: the dataset becomes work items (instance, kind, rollout), the
+generic driver runs them into the run folder, and this module adds the predictions:
+- `preds.jsonl`: the official format (instance_id, model_name_or_path, model_patch) for rollout 0 of
+  kind patch, in dataset order;
+- `preds/rollout-<k>.jsonl`: the same for every rollout k, when rollouts > 1.
+As CWM grades, `model_patch` is the submission only of an episode that ended after a successful
+submission; an episode ended by a turn, context or time limit gets "" (its submission stays in
+results.jsonl and its trajectory), unless `grade_unfinished`.
 
-Both JSONL files are appended (and fsynced) as instances finish, so a killed run loses at most
-the instances in flight. A re-run reads them back (a line cut by `kill -9` is dropped), skips
-finished instances, re-runs errored ones only with `rerun_errors`, and at the end rewrites both
-files in dataset order, one line per instance: the same final files however often it was resumed.
+Predictions are appended as items finish and rewritten from results.jsonl at the end (and at every
+resume), so they always agree with the results.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from pydantic import BaseModel
 
 from cwm_agent.agent.config import RunConfig
-from cwm_agent.agent.files import write_text_atomic
-from cwm_agent.agent.run import run_task, size_thread_pool
-from cwm_agent.agent.trajectory import ExitStatus
+from cwm_agent.errors import UserError
 from cwm_agent.model.client import ModelClient
-from cwm_agent.sandbox.base import SandboxError
-from cwm_agent.sandbox.images import docker_client
+from cwm_agent.runs.batch import BatchRun
+from cwm_agent.runs.display import LiveDisplay
+from cwm_agent.runs.folder import DatasetInfo, Manifest, ModelInfo, RunFolder, ids_hash, row_hash, write_if_changed
+from cwm_agent.runs.progress import RunProgress
+from cwm_agent.runs.work import ImageLookup, ItemRecord, WorkItem, item_id_for
 from cwm_agent.swebench.dataset import SWEBenchInstance
-from cwm_agent.swebench.images import resolve_image
+from cwm_agent.swebench.images import candidate_images, official_image_name
 from cwm_agent.swebench.tasks import instance_task
-
-log = logging.getLogger(__name__)
-
-ERROR_STATUSES = {ExitStatus.MODEL_ERROR.value, ExitStatus.SANDBOX_ERROR.value, "image_error", "harness_error"}
-"""Outcomes that say nothing about the model's ability: re-run on request."""
-
-
-class InstanceRun(BaseModel):
-    """One line of results.jsonl."""
-
-    instance_id: str
-    status: str
-    """An ExitStatus value, or `image_error` when no image could be found."""
-    detail: str = ""
-    submitted: bool = False
-    turns: int = 0
-    context_tokens: int = 0
-    completion_tokens: int = 0
-    elapsed: float = 0.0
-
-    @property
-    def errored(self) -> bool:
-        return self.status in ERROR_STATUSES
 
 
 class Prediction(BaseModel):
@@ -65,189 +41,210 @@ class Prediction(BaseModel):
     model_patch: str
 
 
-@dataclass
-class BatchProgress:
-    """Counters for the live display; `on_update` is called after every change."""
-
-    total: int
-    done: int = 0
-    submitted: int = 0
-    errors: int = 0
-    running: int = 0
-    tokens: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def eta(self) -> float | None:
-        if self.done == 0:
-            return None
-        return (time.monotonic() - self.started) / self.done * (self.total - self.done)
+class DuplicateInstanceError(UserError):
+    """The dataset lists an instance id more than once."""
 
 
-def _read_jsonl(path: Path, model: type[BaseModel]) -> dict[str, BaseModel]:
-    """Records by instance id (the last line wins); a torn last line from a kill is ignored."""
-    records: dict[str, BaseModel] = {}
-    if not path.exists():
-        return records
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = model.model_validate_json(line)
-        except ValueError:
-            continue
-        records[record.instance_id] = record
-    return records
-
-
-class _Appender:
-    """Appends whole lines and fsyncs; repairs a torn last line first so appends start clean."""
-
-    def __init__(self, path: Path, existing: dict[str, BaseModel]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, "".join(r.model_dump_json() + "\n" for r in existing.values()))
-        self._fh = path.open("a", encoding="utf-8")
-
-    def append(self, record: BaseModel) -> None:
-        self._fh.write(record.model_dump_json() + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-def pending_instances(
-    instances: list[SWEBenchInstance], results: dict[str, BaseModel], rerun_errors: bool
-) -> list[SWEBenchInstance]:
-    todo = []
+def check_unique(instances: list[SWEBenchInstance], source: str) -> None:
+    seen: set[str] = set()
     for instance in instances:
-        record = results.get(instance.instance_id)
-        if record is None or (rerun_errors and record.errored):
-            todo.append(instance)
-    return todo
+        if instance.instance_id in seen:
+            raise DuplicateInstanceError(
+                f"{source} lists {instance.instance_id} more than once; each instance must appear once."
+            )
+        seen.add(instance.instance_id)
 
 
-async def run_batch(
+def image_lookup(instance: SWEBenchInstance, registry_prefix: str | None, allow_pull: bool) -> ImageLookup:
+    """Where the instance's image may come from (the names `swebench.images.resolve_image` tries)."""
+    names = candidate_images(instance, registry_prefix)
+    official = official_image_name(instance.instance_id)
+    mirrored = [n for n in names if registry_prefix and n.endswith("/" + official)]
+    pullable = list(dict.fromkeys(mirrored + [official] + ([instance.image] if instance.image else [])))
+    if instance.repo.startswith("cwm-local/"):
+        how = "build it with `cwm-agent swebench build-local`"
+    else:
+        how = (
+            f"pull it (`docker pull {official}`, or rerun with --allow-pull [--registry-prefix MIRROR]) or build it "
+            f"with the official harness (`python -m swebench.harness.prepare_images --instance_ids "
+            f"{instance.instance_id}`)"
+        )
+    return ImageLookup(candidates=names, pullable=pullable, allow_pull=allow_pull, how_to_get=how)
+
+
+def work_items(
     instances: list[SWEBenchInstance],
-    config: RunConfig,
-    output_dir: Path,
-    workers: int,
-    rerun_errors: bool = False,
+    rollouts: int = 1,
+    test_rollouts: int = 0,
+    seed: int | None = None,
     registry_prefix: str | None = None,
     allow_pull: bool = False,
-    on_update: Callable[[BatchProgress], None] | None = None,
-    run_id: str | None = None,
-) -> BatchProgress:
-    """Run the agent on every instance not finished yet; returns the final counters.
-
-    `run_id` labels every container of this run (generated when None), so that a caller can
-    remove them after an interruption with `cwm_agent.sandbox.cleanup.prune(run_id=...)`."""
-    results_path, preds_path = output_dir / "results.jsonl", output_dir / "preds.jsonl"
-    results = _read_jsonl(results_path, InstanceRun)
-    preds = _read_jsonl(preds_path, Prediction)
-    # A prediction without its result line was torn between the two writes: run it again.
-    preds = {k: v for k, v in preds.items() if k in results}
-    todo = pending_instances(instances, results, rerun_errors)
-    todo_ids = {i.instance_id for i in todo}
-    progress = BatchProgress(total=len(instances), done=len(instances) - len(todo))
+) -> list[WorkItem]:
+    """Every (instance, kind, rollout) in the run's order: per instance, its patch rollouts then its test ones."""
+    items = []
     for instance in instances:
-        record = results.get(instance.instance_id)
-        if record is not None and instance.instance_id not in todo_ids:
-            progress.submitted += record.submitted
-            progress.errors += record.errored
-            progress.tokens += record.completion_tokens
-    notify = on_update or (lambda p: None)
-    if not todo:  # nothing to run: no model server needed, only the final rewrite (a kill may have cut it short)
-        if results_path.exists():
-            _finalize(instances, results_path, preds_path)
-        notify(progress)
-        return progress
-    queue: asyncio.Queue[SWEBenchInstance] = asyncio.Queue()
-    for instance in todo:
-        queue.put_nowait(instance)
-
-    size_thread_pool(workers)
-    async with ModelClient(config.model) as model:
-        # Asked even when the config names the model: an unreachable server fails here in seconds,
-        # before any file is written, not once per instance after minutes of retries.
-        model_name = await model.check()
-        config = config.model_copy(update={"model": config.model.model_copy(update={"model": model_name})})
-        client = docker_client()
-        run_id = run_id or uuid.uuid4().hex[:12]
-        results_out, preds_out = _Appender(results_path, results), _Appender(preds_path, preds)
-        notify(progress)
-
-        async def one(instance: SWEBenchInstance) -> None:
-            trajectory = output_dir / "trajectories" / f"{instance.instance_id}.jsonl"
-            try:
-                image = await asyncio.to_thread(resolve_image, instance, client, registry_prefix, allow_pull)
-            except SandboxError as exc:
-                record = InstanceRun(instance_id=instance.instance_id, status="image_error", detail=str(exc))
-                patch, outcome = "", None
-            else:
-                try:
-                    outcome = await run_task(instance_task(instance, image), config, model, trajectory, run_id)
-                except Exception as exc:  # noqa: BLE001 - one instance's surprise must not end a six-hour run
-                    log.exception("%s: unexpected error", instance.instance_id)
-                    outcome = None
-                    record = InstanceRun(
-                        instance_id=instance.instance_id, status="harness_error", detail=f"{type(exc).__name__}: {exc}"
+        lookup = image_lookup(instance, registry_prefix, allow_pull)
+        for kind, count in (("patch", rollouts), ("test", test_rollouts)):
+            for k in range(count):
+                items.append(
+                    WorkItem(
+                        item_id=item_id_for(instance.instance_id, kind, k),
+                        instance_id=instance.instance_id,
+                        kind=kind,
+                        rollout=k,
+                        seed=None if seed is None else seed + k,
+                        task=instance_task(instance, image=None, kind=kind),
+                        image=lookup,
                     )
-                    patch = ""
-            if outcome is not None:
-                record = InstanceRun(
-                    instance_id=instance.instance_id,
-                    status=outcome.status.value,
-                    detail=outcome.detail,
-                    submitted=outcome.patch is not None,
-                    turns=outcome.turns,
-                    context_tokens=outcome.context_tokens,
-                    completion_tokens=outcome.completion_tokens,
-                    elapsed=round(outcome.elapsed, 3),
                 )
-                patch = outcome.patch or ""
-            # The prediction first: a result line is the mark of a finished instance.
-            preds_out.append(
-                Prediction(instance_id=instance.instance_id, model_name_or_path=model_name, model_patch=patch)
-            )
-            results_out.append(record)
-            progress.done += 1
-            progress.submitted += record.submitted
-            progress.errors += record.errored
-            progress.tokens += record.completion_tokens
-
-        async def worker() -> None:
-            while not queue.empty():
-                instance = queue.get_nowait()
-                progress.running += 1
-                notify(progress)
-                try:
-                    await one(instance)
-                finally:
-                    progress.running -= 1
-                    notify(progress)
-
-        try:
-            await asyncio.gather(*(worker() for _ in range(max(1, workers))))
-        finally:
-            results_out.close()
-            preds_out.close()
-
-    _finalize(instances, results_path, preds_path)
-    return progress
+    return items
 
 
-def _finalize(instances: list[SWEBenchInstance], results_path: Path, preds_path: Path) -> None:
-    """Rewrite both files in dataset order, one line per instance (the last record of each wins)."""
-    results = _read_jsonl(results_path, InstanceRun)
-    preds = _read_jsonl(preds_path, Prediction)
-    order = [i.instance_id for i in instances if i.instance_id in results]
-    ordered = set(order)
-    extra = [k for k in results if k not in ordered]  # instances filtered out of this run: kept
-    _write_if_changed(results_path, "".join(results[k].model_dump_json() + "\n" for k in order + extra))
-    _write_if_changed(preds_path, "".join(preds[k].model_dump_json() + "\n" for k in order + extra if k in preds))
+@dataclass
+class SWEBenchRun:
+    """The settings of one `swebench run` (what the CLI collected)."""
+
+    instances: list[SWEBenchInstance]
+    config: RunConfig
+    output: Path
+    dataset_source: str
+    dataset_split: str | None = None
+    filters: dict | None = None
+    workers: int = 4
+    rollouts: int = 1
+    test_rollouts: int = 0
+    seed: int | None = None
+    grade_unfinished: bool = False
+    rerun_errors: bool = False
+    allow_mixed: bool = False
+    registry_prefix: str | None = None
+    allow_pull: bool = False
+    run_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.run_id = self.run_id or uuid.uuid4().hex[:12]
+        self.folder = RunFolder(self.output)
+
+    def manifest(self, model_id: str, config: RunConfig) -> Manifest:
+        return Manifest(
+            kind="swebench",
+            run_ids=[self.run_id],
+            dataset=DatasetInfo(
+                source=self.dataset_source,
+                split=self.dataset_split,
+                filters=self.filters or {},
+                instance_count=len(self.instances),
+                ids_hash=ids_hash(i.instance_id for i in self.instances),
+                rows={i.instance_id: row_hash(i.as_dict()) for i in self.instances},
+            ),
+            model=ModelInfo(id=model_id, urls=[config.model.url]),
+            config=config.model_dump(mode="json"),
+            rollouts=self.rollouts,
+            test_rollouts=self.test_rollouts,
+            seed=self.seed,
+            grade_unfinished=self.grade_unfinished,
+        )
+
+    def predictions_path(self, rollout: int) -> Path:
+        return self.output / "preds.jsonl" if rollout == 0 else self.output / "preds" / f"rollout-{rollout}.jsonl"
+
+    def prediction(self, record: ItemRecord, model_id: str) -> Prediction:
+        graded = record.graded or (self.grade_unfinished and record.submission is not None)
+        patch = (record.submission or "") if graded else ""
+        return Prediction(instance_id=record.instance_id, model_name_or_path=model_id, model_patch=patch)
+
+    def write_predictions(self, records: list[ItemRecord], model_id: str) -> dict[int, Path]:
+        """preds.jsonl (rollout 0) and, with rollouts > 1, preds/rollout-k.jsonl, from the results."""
+        written = {}
+        rollouts = max([self.rollouts, *(r.rollout + 1 for r in records if r.kind == "patch")])
+        for k in range(rollouts):
+            lines = [self.prediction(r, model_id) for r in records if r.kind == "patch" and r.rollout == k]
+            path = self.predictions_path(k)
+            if lines or path.exists():
+                write_if_changed(path, "".join(p.model_dump_json() + "\n" for p in lines))
+                written[k] = path
+        return written
+
+    async def run(
+        self,
+        display_factory: Callable[[RunProgress], LiveDisplay] | None = None,
+        announce: Callable[[BatchRun], None] | None = None,
+    ) -> SWEBenchResult:
+        """Run what is left; the folder is locked for the whole run. `announce` is called once the folder
+        is taken (before any item starts), e.g. to print the run id."""
+        announce = announce or (lambda batch: None)
+        from cwm_agent.agent.run import size_thread_pool
+
+        items = work_items(
+            self.instances, self.rollouts, self.test_rollouts, self.seed, self.registry_prefix, self.allow_pull
+        )
+        batch = BatchRun(self.folder, items, self.config, self.run_id, self.workers, self.rerun_errors)
+        old = self.folder.read_manifest()
+        if old is not None and not batch.todo():
+            # Nothing to run: no model server is needed, but the settings must still match.
+            self.folder.open(self.manifest(old.model.id, self.config), self.allow_mixed, write=False)
+            try:
+                announce(batch)
+                self._on_finish(batch, old.model.id)
+                await batch.run(None, None)
+            finally:
+                self.folder.close()
+            return SWEBenchResult(batch.progress, self._written, self.run_id, self.folder)
+        size_thread_pool(self.workers)
+        async with ModelClient(self.config.model) as model:
+            # Asked even when the config names the model: an unreachable server fails here in seconds,
+            # before any file is written, not once per instance after minutes of retries.
+            model_id = await model.check()
+            config = self.config.model_copy(update={"model": self.config.model.model_copy(update={"model": model_id})})
+            manifest = self.manifest(model_id, config)
+            _, diffs = self.folder.open(manifest, self.allow_mixed)
+            try:
+                batch.config = config
+                if diffs:
+                    batch.settings = {
+                        "model": model_id,
+                        "differences": diffs,
+                        **manifest.model_dump(mode="json", include={"config", "rollouts", "test_rollouts", "seed"}),
+                    }
+                announce(batch)
+                self._on_finish(batch, model_id)
+                await batch.run(model, display_factory)
+            finally:
+                self.folder.close()
+        return SWEBenchResult(batch.progress, self._written, self.run_id, self.folder)
+
+    def _on_finish(self, batch: BatchRun, model_id: str) -> None:
+        """Predictions follow the results: appended as items finish, rewritten from the results at the end."""
+        self._written: dict[int, Path] = {}
+        # Repairs what a kill between a result line and its prediction left (the results are the truth).
+        self.write_predictions(list(batch.results().values()), model_id)
+
+        def on_record(record: ItemRecord) -> None:
+            if record.kind == "patch":
+                path = self.predictions_path(record.rollout)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("a", encoding="utf-8") as fh:
+                    fh.write(self.prediction(record, model_id).model_dump_json() + "\n")
+
+        def on_finish(records: list[ItemRecord]) -> None:
+            self._written = self.write_predictions(records, model_id)
+
+        batch.on_record = on_record
+        batch.on_finish = on_finish
 
 
-def _write_if_changed(path: Path, text: str) -> None:
-    """A resume with nothing new leaves the files as they were (contents and times)."""
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
-        write_text_atomic(path, text)
+@dataclass
+class SWEBenchResult:
+    progress: RunProgress
+    predictions: dict[int, Path]
+    """rollout -> the predictions file written."""
+    run_id: str
+    folder: RunFolder
+
+    def submitted(self) -> int:
+        """Non-empty predictions of rollout 0."""
+        path = self.predictions.get(0)
+        if path is None or not path.exists():
+            return 0
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return sum(1 for line in lines if Prediction.model_validate_json(line).model_patch)
