@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cwm_agent.errors import UserError
 from cwm_agent.model.client import ModelConfig, SamplingParams
@@ -59,6 +59,22 @@ class RunConfig(BaseModel):
     read from it at run time, and the edit/create tools run its plugins. Also `--cwm-release` and the
     environment variable CWM_RELEASE. None: the project's own wording."""
 
+    @model_validator(mode="after")
+    def _loop_can_honour(self) -> RunConfig:
+        """Values each part accepts alone but the agent loop cannot honour together: refused at start."""
+        if self.sampling.n != 1:
+            raise ValueError(
+                f"sampling.n is {self.sampling.n}: the agent loop takes one reply per turn; "
+                "for more samples per task run more rollouts"
+            )
+        agent = self.agent
+        for key in ("reply_max_tokens", "issue_max_tokens"):
+            if getattr(agent, key) >= agent.context_size:
+                raise ValueError(
+                    f"agent.{key} ({getattr(agent, key)}) must be below agent.context_size ({agent.context_size})"
+                )
+        return self
+
 
 class ConfigError(UserError, ValueError):
     """A config file or override is wrong; the message names the key and the problem."""
@@ -86,9 +102,13 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+            ) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
         if loaded is not None and not isinstance(loaded, dict):
@@ -98,9 +118,16 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_problem(e) for e in exc.errors())
         source = f" in {path}" if path else ""
         raise ConfigError(f"invalid configuration{source}: {problems}") from None
+
+
+def _problem(error: dict[str, Any]) -> str:
+    """One validation error as `key.path: message` (a check across keys names its keys itself)."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    where = ".".join(map(str, error["loc"]))
+    return f"{where}: {message}" if where else message
 
 
 def dump_config(config: RunConfig) -> str:

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import re
 import shlex
+import uuid
 from pathlib import Path
 
 import git
 
 from cwm_agent.errors import UserError
-from cwm_agent.sandbox.base import Sandbox, SandboxError
+from cwm_agent.sandbox.base import FileTooLargeError, Sandbox, SandboxError, format_size
 
 # Untracked files never worth a diff: caches, build metadata, and patch files (the submission itself).
 JUNK_PATTERN = (
     r"(^|/)(__pycache__|\.pytest_cache|\.mypy_cache|\.ruff_cache|\.tox|\.nox|\.eggs|[^/]*\.egg-info)(/|$)"
     r"|\.py[cod]$|\.(diff|patch|orig|rej)$"
 )
-
-
-DIFF_FILE = "/tmp/.cwm-agent-final.diff"
 
 
 class RepoError(UserError, ValueError):
@@ -84,32 +82,59 @@ def head_commit(sandbox: Sandbox, repo_dir: str) -> str:
     return result.output.strip()
 
 
-def working_tree_diff(sandbox: Sandbox, repo_dir: str, base_commit: str, exclude: list[str] = ()) -> str:
+def working_tree_diff(
+    sandbox: Sandbox, repo_dir: str, base_commit: str, exclude: list[str] = (), max_bytes: int | None = None
+) -> str:
     """`git diff` of the working tree against `base_commit`, new files included.
 
     Uses a throw-away index so the agent's own index, commits and stashes don't matter; skips
-    untracked junk (caches, `*.egg-info`, patch files) and the paths in `exclude`.
+    untracked junk (caches, `*.egg-info`, patch files) and the paths in `exclude`. The diff goes
+    through a fresh directory (`mktemp -d`, a random name the model can't have prepared), is read
+    only as a regular file and only up to `max_bytes` (default `sandbox.max_diff_bytes`). Raises
+    only `SandboxError`: whatever goes wrong, the caller keeps what it already has.
     """
+    cap = max_bytes if max_bytes is not None else sandbox.config.max_diff_bytes
+    marker = f"__CWM_DIFF_{uuid.uuid4().hex}__"
     excluded = "|".join(["^(" + "|".join(map(_regex_escape, exclude)) + ")$"] if exclude else [])
     filter_cmd = f"grep -zvE {shlex.quote(JUNK_PATTERN)}"
     if excluded:
         filter_cmd += f" | grep -zvE {shlex.quote(excluded)}"
     script = f"""(
 cd {shlex.quote(repo_dir)} || exit 1
+out=$(mktemp -d /tmp/.cwm-diff.XXXXXXXXXX) || exit 1
 idx=$(mktemp) && trap 'rm -f "$idx"' EXIT
 export GIT_INDEX_FILE="$idx"
 git read-tree {shlex.quote(base_commit)} || exit 1
 git add -u -- . || exit 1
 git ls-files -z --others --exclude-standard | {{ {filter_cmd} || true; }} | xargs -0 -r git add -f -- || exit 1
-git -c core.quotePath=false diff --cached --binary --no-color {shlex.quote(base_commit)} > {DIFF_FILE}
+git -c core.quotePath=false diff --cached --binary --no-color {shlex.quote(base_commit)} > "$out/diff" || exit 1
+echo "{marker}$out"
 )"""
     # The diff goes through a file: the session's output cap must not cut it.
-    result = sandbox.run(script)
-    if result.exit_code != 0:
-        raise SandboxError(f"taking the diff of {repo_dir} failed: {result.output[-2000:]}")
-    diff = sandbox.read_file(DIFF_FILE).decode("utf-8", errors="replace")
-    sandbox.run(f"rm -f {DIFF_FILE}")
-    return diff
+    try:
+        result = sandbox.run(script)
+        found = [line for line in result.output.splitlines() if line.startswith(marker)]
+        if result.exit_code != 0 or not found:
+            raise SandboxError(f"taking the diff of {repo_dir} failed: {result.output[-2000:]}")
+        directory = found[-1][len(marker) :]
+        try:
+            data = sandbox.read_file(f"{directory}/diff", max_bytes=cap, follow_symlinks=False)
+        finally:
+            sandbox.run(f"rm -rf {shlex.quote(directory)}")
+    except FileTooLargeError:
+        raise DiffTooLargeError(
+            f"the diff of {repo_dir} is over the cap of {format_size(cap)} (sandbox.max_diff_bytes); "
+            "large generated or data files in the working tree?"
+        ) from None
+    except SandboxError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a hostile sandbox must not turn into a harness error
+        raise SandboxError(f"taking the diff of {repo_dir} failed: {type(exc).__name__}: {exc}") from exc
+    return data.decode("utf-8", errors="replace")
+
+
+class DiffTooLargeError(SandboxError):
+    """The working tree's diff is over `sandbox.max_diff_bytes`."""
 
 
 def _regex_escape(path: str) -> str:

@@ -16,6 +16,7 @@ import socket
 import struct
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -27,10 +28,13 @@ import docker.errors
 from cwm_agent.sandbox import cleanup
 from cwm_agent.sandbox.base import (
     RUN_ID_LABEL,
+    DiskLimitError,
+    FileTooLargeError,
     ImageNotFoundError,
     RunResult,
     SandboxConfig,
     SandboxError,
+    format_size,
 )
 from cwm_agent.sandbox.images import docker_client
 from cwm_agent.sandbox.session import BashSession
@@ -54,6 +58,70 @@ rm -rf "$d"
 sleep 0.05
 kill -9 $relay 2>/dev/null
 """
+
+
+_quota_supported: bool | None = None
+"""Whether the engine takes a disk quota (`--storage-opt size=`): learnt from the first container."""
+
+
+class _DiskWatch:
+    """One thread that measures, every `disk_check_seconds`, what each watched container has written
+    (its writable layer), and stops a container over its `disk` limit (engines without a quota)."""
+
+    def __init__(self) -> None:
+        self._watched: dict[int, tuple[DockerSandbox, float]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, sandbox: DockerSandbox) -> None:
+        with self._lock:
+            self._watched[id(sandbox)] = (sandbox, time.monotonic() + sandbox.config.disk_check_seconds)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="cwm-disk-watch", daemon=True)
+                self._thread.start()
+
+    def remove(self, sandbox: DockerSandbox) -> None:
+        with self._lock:
+            self._watched.pop(id(sandbox), None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                if not self._watched:
+                    self._thread = None
+                    return
+                due = [(key, sb) for key, (sb, at) in self._watched.items() if at <= time.monotonic()]
+            for key, sandbox in due:
+                sandbox._check_disk()
+                with self._lock:
+                    if key in self._watched:
+                        self._watched[key] = (sandbox, time.monotonic() + sandbox.config.disk_check_seconds)
+            time.sleep(0.2)
+
+
+_disk_watch = _DiskWatch()
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file object over the archive API's chunks, for tarfile's streaming mode."""
+
+    def __init__(self, chunks: Any) -> None:
+        self._chunks = iter(chunks)
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
 
 
 class _ExecStream:
@@ -198,6 +266,9 @@ class DockerSandbox:
         self.container: Any = None
         self.session: BashSession | None = None
         self._closed = False
+        self._quota = False
+        self.disk_exceeded: int | None = None
+        """Bytes written when the disk watch stopped the sandbox (None: it did not)."""
         # Here, not only in start(): start() often runs in a worker thread, where no signal
         # handler can be installed.
         cleanup.install_handlers()
@@ -277,18 +348,59 @@ class DockerSandbox:
                 nano_cpus=int(c.cpus * 1e9),
                 pids_limit=c.pids_limit,
                 privileged=False,
+                security_opt=["no-new-privileges"],
+                cap_drop=["ALL"],
+                cap_add=list(c.cap_add),
                 working_dir=c.workdir,  # created by Docker when missing
                 stdin_open=False,
                 tty=False,
+                **self._quota_option(),
             )
         except docker.errors.APIError as exc:
+            if self._quota and _quota_refused(exc):
+                global _quota_supported
+                _quota_supported = False  # probed once per process: later containers use the watch
+                log.info("the engine has no disk quota (%s): watching container sizes instead", exc.explanation)
+                return self._create_container()
             raise SandboxError(f"Could not start a container from {c.image}: {exc}") from exc
+        if self._quota:
+            _quota_supported = True
+        elif c.disk is not None:
+            _disk_watch.add(self)
+
+    def _quota_option(self) -> dict[str, Any]:
+        self._quota = self.config.disk is not None and _quota_supported is not False
+        return {"storage_opt": {"size": self.config.disk}} if self._quota else {}
+
+    def _check_disk(self) -> None:
+        """Stop the sandbox when its container has written more than `config.disk` (the watch's check)."""
+        limit = self.config.disk_bytes
+        if self._closed or limit is None or self.container is None:
+            return
+        try:
+            api = self.client.api
+            url = api._url("/containers/{0}/json", self.container.id)
+            written = api._result(api._get(url, params={"size": 1}), True).get("SizeRw") or 0
+        except (docker.errors.APIError, SandboxError, OSError):
+            return
+        if written > limit:
+            self.disk_exceeded = written
+            log.warning("container %s wrote %s, over its disk limit %s: stopped", self.name, written, limit)
+            _disk_watch.remove(self)
+            self._remove_container()
+
+    def _disk_error(self) -> DiskLimitError:
+        return DiskLimitError(
+            f"The sandbox wrote {format_size(self.disk_exceeded or 0)} to its file system, over its disk limit "
+            f"(sandbox.disk: {self.config.disk}), and was stopped."
+        )
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         cleanup.untrack(self)
+        _disk_watch.remove(self)
         if self.session is not None:
             self.session._closed = True
             if self.session._stream is not None:
@@ -322,59 +434,81 @@ class DockerSandbox:
     # -- commands ---------------------------------------------------------------------------
 
     def run(self, command: str, timeout: float | None = None) -> RunResult:
+        if self.disk_exceeded is not None:
+            raise self._disk_error()
         if self.session is None:
             self.start()
         assert self.session is not None
-        return self.session.run(command, timeout)
+        try:
+            return self.session.run(command, timeout)
+        except SandboxError:
+            if self.disk_exceeded is not None:
+                raise self._disk_error() from None
+            raise
 
     # -- files ------------------------------------------------------------------------------
 
     def _abs(self, path: str) -> str:
         return posixpath.normpath(posixpath.join(self.config.workdir, path))
 
-    def _get(self, path: str) -> tuple[bytes, dict]:
+    def _owner(self, path: str) -> tuple[int, int] | None:
+        """(uid, gid) of an existing regular file, from its archive header alone; None when there is none."""
         if self.container is None:
             self.start()
         try:
             bits, stat = self.container.get_archive(path)
-            return b"".join(bits), stat
         except docker.errors.NotFound:
-            raise FileNotFoundError(f"{path}: no such file in the sandbox") from None
+            return None
+        if stat["mode"] & _DIR_BIT:
+            raise IsADirectoryError(f"{path}: is a directory")
+        if stat["mode"] & _SYMLINK_BIT:
+            return None
+        member = tarfile.open(fileobj=io.BufferedReader(_ChunkReader(bits), 1 << 16), mode="r|").next()
+        return (member.uid, member.gid) if member is not None else None
 
-    def read_file(self, path: str) -> bytes:
-        path = self._abs(path)
+    def _open(self, path: str, follow_symlinks: bool) -> tuple[Any, int, str]:
+        """(a stream of the regular file's bytes, its size, its path after links) without reading it."""
+        if self.container is None:
+            self.start()
         for _ in range(16):  # follow symlinks, a bounded number of times
-            data, stat = self._get(path)
-            if stat["mode"] & _DIR_BIT:
+            try:
+                bits, stat = self.container.get_archive(path)
+            except docker.errors.NotFound:
+                raise FileNotFoundError(f"{path}: no such file in the sandbox") from None
+            except docker.errors.APIError as exc:
+                if self.disk_exceeded is not None:
+                    raise self._disk_error() from None
+                raise SandboxError(f"Reading {path} failed: {exc.explanation or exc}") from exc
+            mode = stat["mode"]
+            if mode & _DIR_BIT:
                 raise IsADirectoryError(f"{path}: is a directory")
-            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-                member = tar.next()
-                if member is None:
-                    raise FileNotFoundError(path)
-                if member.issym():
-                    path = posixpath.normpath(posixpath.join(posixpath.dirname(path), member.linkname))
-                    continue
-                f = tar.extractfile(member)
-                if f is None:
-                    raise IsADirectoryError(f"{path}: not a regular file")
-                return f.read()
+            tar = tarfile.open(fileobj=io.BufferedReader(_ChunkReader(bits), 1 << 20), mode="r|")
+            member = tar.next()
+            if member is None:
+                raise FileNotFoundError(path)
+            if member.issym() and follow_symlinks:
+                path = posixpath.normpath(posixpath.join(posixpath.dirname(path), member.linkname))
+                continue
+            if not member.isreg():
+                raise IsADirectoryError(f"{path}: not a regular file")
+            return tar.extractfile(member), member.size, path
         raise OSError(f"{path}: too many levels of symbolic links")
+
+    def read_file(self, path: str, max_bytes: int | None = None, follow_symlinks: bool = True) -> bytes:
+        cap = max_bytes if max_bytes is not None else self.config.max_read_bytes
+        f, size, path = self._open(self._abs(path), follow_symlinks)
+        if size > cap:
+            cap_name = "" if max_bytes is not None else " (sandbox.max_read_bytes)"
+            raise FileTooLargeError(f"{path} is {format_size(size)}, over the cap of {format_size(cap)}{cap_name}")
+        return f.read(cap)
+
+    def read_head_tail(self, path: str, max_bytes: int) -> tuple[bytes, int]:
+        f, size, _ = self._open(self._abs(path), True)
+        return _head_tail(f, size, max_bytes)
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         path = self._abs(path)
-        uid, gid = self._session_owner()
-        try:
-            existing, stat = self._get(path)
-        except FileNotFoundError:
-            pass
-        else:
-            if stat["mode"] & _DIR_BIT:
-                raise IsADirectoryError(f"{path}: is a directory")
-            if not stat["mode"] & _SYMLINK_BIT:
-                with tarfile.open(fileobj=io.BytesIO(existing)) as tar:
-                    member = tar.next()
-                    if member is not None:
-                        uid, gid = member.uid, member.gid
+        uid, gid = self._owner(path) or self._session_owner()
         parent, name = posixpath.split(path)
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -451,6 +585,27 @@ class DockerSandbox:
             tmp.seek(0)
             with tarfile.open(fileobj=tmp) as tar:
                 tar.extractall(dest, filter=_safe_member)
+
+
+def _head_tail(f: Any, size: int, max_bytes: int) -> tuple[bytes, int]:
+    """The first and last `max_bytes // 2` bytes of a stream of `size` bytes, and the bytes left out."""
+    if size <= max_bytes:
+        return f.read(size), 0
+    half = max_bytes // 2
+    head = f.read(half)
+    skip = size - 2 * half
+    while skip > 0:
+        got = len(f.read(min(skip, 1 << 20)))
+        if not got:
+            break
+        skip -= got
+    return head + f.read(half), size - 2 * half
+
+
+def _quota_refused(exc: docker.errors.APIError) -> bool:
+    """The engine's answer to a disk quota it cannot give (overlay2 not on xfs with pquota, other drivers)."""
+    text = str(exc.explanation or exc).lower()
+    return "storage-opt" in text or "storage opt" in text or "quota" in text or "storageopt" in text
 
 
 def _safe_member(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from cwm_agent.sandbox import cleanup
-from cwm_agent.sandbox.base import RunResult, SandboxConfig, SandboxError
+from cwm_agent.sandbox.base import FileTooLargeError, RunResult, SandboxConfig, SandboxError, format_size
 from cwm_agent.sandbox.session import BashSession
 
 log = logging.getLogger(__name__)
@@ -187,8 +187,27 @@ class LocalSandbox:
             return self.root / os.path.relpath(path, workdir)
         return Path(path)
 
-    def read_file(self, path: str) -> bytes:
-        return self.host_path(path).read_bytes()
+    def read_file(self, path: str, max_bytes: int | None = None, follow_symlinks: bool = True) -> bytes:
+        cap = max_bytes if max_bytes is not None else self.config.max_read_bytes
+        target = self.host_path(path)
+        if not follow_symlinks and target.is_symlink():
+            raise IsADirectoryError(f"{path}: not a regular file")
+        with open(target, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > cap:
+                cap_name = "" if max_bytes is not None else " (sandbox.max_read_bytes)"
+                raise FileTooLargeError(f"{path} is {format_size(size)}, over the cap of {format_size(cap)}{cap_name}")
+            return f.read(cap)
+
+    def read_head_tail(self, path: str, max_bytes: int) -> tuple[bytes, int]:
+        with open(self.host_path(path), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= max_bytes:
+                return f.read(), 0
+            half = max_bytes // 2
+            head = f.read(half)
+            f.seek(size - half)
+            return head + f.read(half), size - 2 * half
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         target = self.host_path(path)
