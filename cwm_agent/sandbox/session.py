@@ -2,7 +2,7 @@
 
 The backend gives us a `ShellHost`: a way to start `bash` with its stdin and stdout joined
 to a byte stream (a `docker exec -i` socket, or a local pipe), and a way to run a short
-helper script beside it (to interrupt a command). Everything else lives here:
+helper script beside it (to end a session that no longer answers). Everything else lives here:
 
 - Each command is sent inside a quoted heredoc, read into a variable and `eval`ed at the
   top level of the shell, so cwd, variables, functions and aliases persist. Its stdin is
@@ -69,10 +69,7 @@ PLUGIN_PYTHON_SETUP = (
 """CWM's start script names the Python its edit/create plugins run with (the SWE-bench images'
 miniconda one); every session does the same, falling back to `python3` where there is none."""
 
-USER_HZ = 100
-"""Clock ticks per second of /proc/PID/stat start times (100 on every Linux architecture)."""
-
-# The helper that interrupts a command. Fork-free (builtins only), so it still runs when a
+# The helper that kills a session's shell and what it started. Fork-free (builtins only), so it still runs when a
 # fork bomb holds every pid the container may have. Arguments: signal, the session's pid,
 # the earliest start time (clock ticks since boot) of a process to hit, whether processes
 # re-parented to pid 1 count (only inside a container's own pid namespace), and whether the
@@ -216,10 +213,6 @@ class BashSession:
         self._next_liveness_check = 0.0
         self._closed = False
         # Where the shell's clock (seconds since boot) stood at a moment of our monotonic clock.
-        self._uptime_at = (0.0, 0.0)
-        self._start_marker: bytes | None = None
-        self._start_ticks: int | None = None
-        self._start_last_pid = 0
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -281,9 +274,8 @@ class BashSession:
                 "__cwm_u=0 __cwm_g=0",
                 "while read -r __k __a __b __r; do case $__k in Uid:) __cwm_u=$__b;; Gid:) __cwm_g=$__b;; esac; "
                 "done < /proc/$$/status",
-                "read -r __cwm_up __r < /proc/uptime",
-                f'printf \'{ready} %s %s %s %s\\n\' "$$" "$__cwm_up" "$__cwm_u" "$__cwm_g"',
-                "unset __k __a __b __r __cwm_u __cwm_g __cwm_up",
+                f'printf \'{ready} %s %s %s\\n\' "$$" "$__cwm_u" "$__cwm_g"',
+                "unset __k __a __b __r __cwm_u __cwm_g",
                 "",
             ]
         )
@@ -297,10 +289,8 @@ class BashSession:
                 f"The bash session did not start within {self.startup_timeout:.0f}s "
                 f"(is bash installed in the machine?). Output: {bytes(self._pending[-500:])!r}"
             )
-        received = time.monotonic()
-        pid, uptime, uid, gid = line.split()
+        pid, uid, gid = line.split()
         self.shell_pid, self.uid, self.gid = int(pid), int(uid), int(gid)
-        self._uptime_at = (float(uptime), received)
         for command in self.startup_commands:
             result = self._run_locked(command, self.startup_timeout, restart_on_death=False)
             if result.status is not RunStatus.OK:
@@ -341,16 +331,9 @@ class BashSession:
         wrapped = (
             f"__cwm_id={cid}\n"
             f"IFS= \\builtin read -r -d '' __cwm_cmd <<'{delimiter}' || \\builtin true\n{body}{delimiter}\n"
-            # When the command starts, on the clock of /proc/PID/stat: what it starts is what a timeout stops.
-            "\\builtin read -r __cwm_t __cwm_r </proc/uptime; "
-            "\\builtin read -r __cwm_r __cwm_r __cwm_r __cwm_r __cwm_p </proc/loadavg; "
-            f'\\builtin printf \'__CWM_START_%s__%s %s\\n\' {cid} "$__cwm_t" "$__cwm_p"; '
             f'\\builtin eval "$__cwm_cmd" </dev/null; {{ __cwm_done $? {cid}; }} 2>/dev/null\n'
         ).encode()
         out = _Output(self.output_cap_bytes - END_LINE_BYTES)
-        self._start_marker: bytes | None = f"__CWM_START_{cid}__".encode()
-        self._start_ticks: int | None = None
-        self._start_last_pid = 0
         started = time.monotonic()
         try:
             self._stream.send(wrapped)
@@ -390,8 +373,6 @@ class BashSession:
         keep = len(marker) + 40
         quiet_since = time.monotonic()
         while True:
-            if self._start_marker is not None:
-                self._take_start_marker(out)
             idx = self._pending.find(marker)
             if idx >= 0:
                 nl = self._pending.find(b"\n", idx)
@@ -432,29 +413,9 @@ class BashSession:
         self._next_liveness_check = now + 2.0
         return True
 
-    def _take_start_marker(self, out: _Output) -> None:
-        """Remove the line saying when the command started; what came before it is stray output of
-        background processes, which is kept."""
-        assert self._start_marker is not None
-        idx = self._pending.find(self._start_marker)
-        if idx < 0:
-            return
-        nl = self._pending.find(b"\n", idx)
-        if nl < 0:
-            return
-        value = bytes(self._pending[idx + len(self._start_marker) : nl]).decode(errors="replace")
-        out.add(bytes(self._pending[:idx]))
-        del self._pending[: nl + 1]
-        self._start_marker = None
-        uptime, _, last_pid = value.partition(" ")
-        seconds, _, hundredths = uptime.partition(".")
-        if seconds.isdigit() and hundredths.isdigit():
-            self._start_ticks = int(seconds) * USER_HZ + int(hundredths[:2].ljust(2, "0"))
-            self._start_last_pid = int(last_pid) if last_pid.isdigit() else 0
-
     def _drain(self, out: _Output, seconds: float = 1.0) -> None:
         """Move the pending bytes and what still arrives into `out`, until 50 ms pass quietly or
-        `seconds` in all: a background process the interrupt spared may never stop writing."""
+        `seconds` in all: a background process may never stop writing."""
         assert self._stream is not None
         out.add(bytes(self._pending))
         self._pending.clear()
