@@ -44,6 +44,11 @@ def test_environment_for_non_interactive_use(sandbox):
     assert r.output == "cat cat dumb yes 1\naliased\n"
 
 
+def test_plugin_python_is_named_as_cwms_start_script_does(sandbox):
+    # /opt/miniconda3/bin/python3 where the image has it (SWE-bench images), else python3.
+    assert sandbox.run("echo $PYPLUGIN_PYTHON_PATH").output == "python3\n"
+
+
 def test_commands_reading_stdin_return_at_once(sandbox):
     r = sandbox.run(
         "cat; read x; echo read=$? x=$x; python3 -c 'import sys; print(len(sys.stdin.read()))' 2>/dev/null || true",
