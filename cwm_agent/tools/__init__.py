@@ -1,7 +1,10 @@
 """The agent's tools: `bash`, `edit`, `create`, `submit`, acting on a sandbox.
 
 `run_tool(name, body, ctx)` is what the loop calls with the parsed `<tool: NAME>` call; the
-returned `ToolResult.output` goes inside `<output>` in the observation.
+returned `ToolResult.output` goes inside `<output>` in the observation, exactly as it is (an
+accepted submission's output is the submitted text, which the loop wraps in the submission
+feedback first). Behaviour is CWM's; texts are the project's own unless `ToolContext.cwm_release`
+names a checkout of CWM's release (see `tools.release`).
 """
 
 from __future__ import annotations
