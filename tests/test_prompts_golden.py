@@ -49,8 +49,8 @@ def _dialogue() -> tuple[str, list[Message]]:
             answer = Message.user(err.value.feedback())
         prompt += render_continuation(reply, [answer])
         messages += [Message.assistant("<think>\n" + reply), answer]
-    final = parse_reply(REPLIES[-1])
-    assert final.tool_call is None
+    with pytest.raises(FormatError):  # the final response has no call: after a submission it ends the episode
+        parse_reply(REPLIES[-1])
     messages.append(Message.assistant("<think>\n" + REPLIES[-1]))
     return prompt, messages
 
@@ -86,7 +86,7 @@ def test_dialogue_has_the_expected_turn_structure():
     prompt, _ = _dialogue()
     assert prompt.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful")
     assert prompt.count("<|start_header_id|>tool: bash<|end_header_id|>\n\n<output>\n") == 1
-    assert "<|start_header_id|>user<|end_header_id|>\n\nMultipleToolCalls: " in prompt
+    assert "<|start_header_id|>user<|end_header_id|>\n\nFormatError: " in prompt
     assert "\n</output>\n\n<budget>\n* Remaining turns: 125\n* Remaining tokens: 124900\n</budget><|eot_id|>" in prompt
     assert f"<submission>\n{PATCH}</submission>" in prompt
     assert prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n<think>\n")
