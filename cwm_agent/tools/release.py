@@ -65,8 +65,9 @@ class Release:
     """The heredoc delimiter of `plugin_command`."""
     plugin_dir: str
     """Where the plugin scripts live in the sandbox (CWM: /swerl-plugins)."""
-    plugins: dict[str, bytes]
-    """The plugin scripts' source by name (`edit`, `create`)."""
+    plugins_dir: Path
+    """The release's plugin folder (with `edit.py` and `create.py`), copied whole into the sandbox as
+    CWM's backend copies it."""
 
     def plugin_script(self, name: str) -> str:
         return f"{self.plugin_dir.rstrip('/')}/{name}.py"
@@ -223,16 +224,13 @@ def _load(root: Path) -> Release:
         raise ReleaseError(f"{root} is not a directory: give the path of a checkout of CWM's release.")
     tools = _parse(root, TOOLS_FILE)
     configs = _parse(root, CONFIGS_FILE)
-    plugins: dict[str, bytes] = {}
     for name in PLUGIN_NAMES:
         path = root / PLUGINS_DIR / f"{name}.py"
-        try:
-            plugins[name] = path.read_bytes()
-        except OSError:
+        if not path.is_file():
             raise ReleaseError(
                 f"{path} does not exist: the checkout {root} lacks CWM's `{name}` plugin "
                 "(is it a checkout of github.com/facebookresearch/cwm?)."
-            ) from None
+            )
     return Release(
         root=root,
         bash_messages=_bash_messages(tools, root),
@@ -240,7 +238,7 @@ def _load(root: Path) -> Release:
         plugin_command=_plugin_command(tools, root),
         eof=_constant(tools, "EOF", root, TOOLS_FILE),
         plugin_dir=_constant(configs, "PLUGIN_BIND_TARGET", root, CONFIGS_FILE),
-        plugins=plugins,
+        plugins_dir=root / PLUGINS_DIR,
     )
 
 
@@ -259,11 +257,7 @@ def install_plugins(sandbox: Sandbox, release: Release) -> None:
     with _install_lock:
         if _installed.get(sandbox) == release.root:
             return
-        result = sandbox.run(f"mkdir -p {release.plugin_dir}", timeout=60)
-        if result.exit_code != 0:
-            raise ReleaseError(f"Could not make {release.plugin_dir} in the sandbox: {result.output.strip()[-500:]}")
-        for name, source in release.plugins.items():
-            sandbox.write_file(release.plugin_script(name), source, mode=0o644)
+        sandbox.copy_in(release.plugins_dir, release.plugin_dir)
         _installed[sandbox] = release.root
 
 
