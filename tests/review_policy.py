@@ -1,0 +1,67 @@
+"""A scripted model whose episodes end every way a review must show: resolved, unresolved, errored, unfinished.
+
+`ReviewPolicy(instances)` answers generation requests like `GoldPolicy`, but each (instance, rollout)
+follows its own plan (`policy.plan`), the rollout read from the request's seed (the run's `--seed` +
+rollout, so pass `--seed SEED`):
+- `gold`: the instance's own fix (resolved);
+- `wrong`: first a reply with no `</think>` (a format error), then a harmless edit submitted (unresolved);
+  its thinking holds markup a report must print as text, never run;
+- `error`: HTTP 400 at once (the episode ends in a model error);
+- `wander`: `ls` until the turn limit (unfinished: never graded).
+"""
+
+from __future__ import annotations
+
+from gold_policy import ASSISTANT_HEADER, GoldPolicy
+
+from cwm_agent.model.scripted_server import Fault, ScriptedRequest
+
+SEED = 100
+HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+
+
+def gold_steps(patch: str) -> list[str]:
+    """The gold fix applied and submitted; the patch file keeps its final newline whether or not the
+    create tool adds one."""
+    return [
+        f"I will write the fix.\n</think>\n<tool: create>\n/tmp/gold.patch\n{patch}\n</tool>",
+        "Apply it.\n</think>\n<tool: bash>\n"
+        "cd /testbed && git apply /tmp/gold.patch && git diff > /tmp/fix.patch\n</tool>",
+        "Submit.\n</think>\n<tool: submit>\n/tmp/fix.patch\n</tool>",
+        "Done.\n</think>\nThe fix is submitted.",
+    ]
+
+
+def wrong_steps() -> list[str]:
+    return [
+        f"The comment goes at the end of a module. {HOSTILE}\n<tool: bash>\nls\n</tool>",
+        "A harmless edit, then submit it.\n</think>\n<tool: bash>\ncd /testbed && "
+        "f=$(git ls-files '*.py' | head -1) && printf '\\n# reviewed\\n' >> \"$f\" && git diff > /tmp/fix.patch"
+        " && cat /tmp/fix.patch\n</tool>",
+        "Submit it.\n</think>\n<tool: submit>\n/tmp/fix.patch\n</tool>",
+        "Done.\n</think>\nSubmitted.",
+    ]
+
+
+def wander_step(turn: int) -> str:
+    return f"Look around (step {turn}).\n</think>\n<tool: bash>\nls /testbed | head -3\n</tool>"
+
+
+class ReviewPolicy(GoldPolicy):
+    def __init__(self, instances) -> None:
+        super().__init__(instances)
+        self.plan: dict[tuple[str, int], str] = {}
+
+    def __call__(self, request: ScriptedRequest):
+        instance = self.instance_for(request.prompt)
+        if instance is None:
+            return Fault.http(400, "review policy: the prompt holds none of the known issues")
+        rollout = int(request.body.get("seed") or SEED) - SEED
+        how = self.plan.get((instance.instance_id, rollout), "gold")
+        turn = request.prompt.count(ASSISTANT_HEADER) - 1
+        if how == "error":
+            return Fault.http(400, f"review policy: told to fail {instance.instance_id}")
+        if how == "wander":
+            return wander_step(turn)
+        steps = gold_steps(instance.patch) if how == "gold" else wrong_steps()
+        return steps[min(turn, len(steps) - 1)]
