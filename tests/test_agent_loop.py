@@ -122,7 +122,7 @@ def test_the_turn_limit_reply_is_not_run_and_the_episode_is_not_graded(tmp_path,
 
 def test_the_context_limit_ends_unrun_and_ungraded(tmp_path, repo):
     record, _, _ = episode(tmp_path, repo, [FIX, DIFF, SUBMIT, call("bash", "seq 1 3000")] + [final()] * 3,
-                           agent={"context_size": 4000})  # fmt: skip
+                           agent={"context_size": 4000, "reply_max_tokens": 2000, "issue_max_tokens": 1000})  # fmt: skip
     assert record.status is ExitStatus.CONTEXT_LIMIT and not record.graded
 
 
