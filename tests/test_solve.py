@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,7 +25,7 @@ import pytest
 import yaml
 
 from cwm_agent.agent.trajectory import ExitStatus, Trajectory, rebuild_prompt
-from cwm_agent.model.scripted_server import ScriptedServer
+from cwm_agent.model.scripted_server import Reply, ScriptedServer
 from cwm_agent.sandbox.base import OWNER_PID_LABEL, PROJECT_LABEL, RUN_ID_LABEL
 
 BUGGY = '''\
@@ -68,6 +69,16 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     done.pid = proc.pid
     return done
+
+
+def is_probe(request) -> bool:
+    """The client's one-token check that the server takes token-id prompts: not a turn of the episode."""
+    return request.body.get("max_tokens") == 1 and request.body.get("prompt") == [128000]
+
+
+def turn_requests(server: ScriptedServer) -> list:
+    """The generation requests of the episode's turns."""
+    return [r for r in server.generation_requests() if not is_probe(r)]
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -138,8 +149,8 @@ def test_solve_end_to_end_patch_fixes_the_failing_test_on_the_host(tmp_path, rep
     out = tmp_path / "out"
     with ScriptedServer(replies=SOLVING) as server:
         proc = run_cli("solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", server.url, "-o", str(out))
-        requests = server.generation_requests()
-        reuse = server.prefix_reuse()
+        requests = turn_requests(server)
+        reuse = [x for r, x in zip(server.generation_requests(), server.prefix_reuse()) if not is_probe(r)]
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     summary = proc.stdout
@@ -150,7 +161,7 @@ def test_solve_end_to_end_patch_fixes_the_failing_test_on_the_host(tmp_path, rep
 
     # The commands really ran in the container: the failing test, then the whole suite passing.
     trajectory = Trajectory.load(out / "trajectory.jsonl")
-    assert trajectory.result.exit_status is ExitStatus.SUBMITTED
+    assert trajectory.result.status is ExitStatus.SUBMITTED
     assert "1 failed, 1 passed" in trajectory.turns[1].observation.content
     assert "4 passed" in trajectory.turns[4].observation.content
     assert [t.action.tool for t in trajectory.turns[:7]] == ["bash", "bash", "edit", "create", "bash", "bash", "submit"]
@@ -158,7 +169,7 @@ def test_solve_end_to_end_patch_fixes_the_failing_test_on_the_host(tmp_path, rep
 
     # The prefix property over the wire, and the trajectory rebuilds the last prompt exactly.
     assert len(requests) == 8
-    assert reuse == [None] + [1.0] * 7
+    assert reuse[1:] == [1.0] * 7  # (the first extends only the client's one-token probe)
     assert rebuild_prompt(trajectory) == requests[-1].prompt
 
     # On the host: the patch applies to a fresh clone at the base commit and fixes the test.
@@ -206,7 +217,7 @@ def test_solve_without_an_accepted_patch_exits_1_and_keeps_the_working_tree_diff
     assert "turn_limit" in proc.stdout and "none accepted" in proc.stdout
     assert not (out / "patch.diff").exists()
     assert "scratch.py" in (out / "working_tree.diff").read_text()
-    assert Trajectory.load(out / "trajectory.jsonl").result.exit_status is ExitStatus.TURN_LIMIT
+    assert Trajectory.load(out / "trajectory.jsonl").result.status is ExitStatus.TURN_LIMIT
 
 
 @pytest.mark.timeout(120)
@@ -240,7 +251,7 @@ def test_solve_with_the_local_backend_works_in_a_temporary_directory(tmp_path, r
             "-o",
             str(out),
         )
-        first_prompt = server.generation_requests()[0].prompt
+        first_prompt = turn_requests(server)[0].prompt
     assert proc.returncode == 0, proc.stdout + proc.stderr
     trajectory = Trajectory.load(out / "trajectory.jsonl")
     workdir = trajectory.turns[0].observation.content.split("\n")[1]
@@ -314,11 +325,11 @@ def test_solve_user_mistakes_are_one_clear_line(tmp_path, repo, docker_client, i
     proc = run_cli("solve", *[x for pair in args.items() for x in pair], timeout=60)
     assert_clear_error(proc, *expect)
     if case == "no_image":  # found once the run had begun: its record says so
-        assert Trajectory.load(tmp_path / "out" / "trajectory.jsonl").result.exit_status is ExitStatus.SANDBOX_ERROR
+        assert Trajectory.load(tmp_path / "out" / "trajectory.jsonl").result.status is ExitStatus.SANDBOX_ERROR
         assert not (tmp_path / "out" / "patch.diff").exists()
     else:
         assert not (tmp_path / "out").exists()
-    assert idle_server.generation_requests() == []
+    assert turn_requests(idle_server) == []
     assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}") == []
 
 
@@ -335,7 +346,7 @@ def test_solve_output_path_that_is_a_file_or_unwritable_is_one_clear_line(tmp_pa
     proc = run_cli("solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", idle_server.url, "-o", str(below))
     assert_clear_error(proc, str(below))
     assert set(Path(tempfile.gettempdir()).glob("cwm-repo-*")) <= scratch_before  # the host clone is removed
-    assert idle_server.generation_requests() == []
+    assert turn_requests(idle_server) == []
 
 
 def test_solve_max_turns_zero_is_refused_not_ignored(tmp_path, repo, idle_server):
@@ -346,15 +357,15 @@ def test_solve_max_turns_zero_is_refused_not_ignored(tmp_path, repo, idle_server
 
 
 def test_a_run_without_a_patch_removes_an_earlier_runs_patch_file(tmp_path):
-    from cwm_agent.agent.run import RunOutcome
+    from cwm_agent.agent.record import EpisodeRecord
     from cwm_agent.cli.solve import write_outputs
 
-    earlier = RunOutcome(
-        "t", ExitStatus.SUBMITTED, "", "diff --git a/x b/x\n", "d1", 3, 10, 5, 1.0, tmp_path / "t.jsonl"
+    earlier = EpisodeRecord(
+        task_id="t", status=ExitStatus.SUBMITTED, graded=True, submission="diff --git a/x b/x\n", final_diff="d1"
     )
     write_outputs(earlier, tmp_path)
     assert (tmp_path / "patch.diff").read_text() == "diff --git a/x b/x\n"
-    later = RunOutcome("t", ExitStatus.TURN_LIMIT, "", None, "d2", 3, 10, 5, 1.0, tmp_path / "t.jsonl")
+    later = EpisodeRecord(task_id="t", status=ExitStatus.TURN_LIMIT, final_diff="d2")
     write_outputs(later, tmp_path)
     assert not (tmp_path / "patch.diff").exists() and (tmp_path / "working_tree.diff").read_text() == "d2"
 
@@ -387,7 +398,7 @@ def check_interrupted(proc: subprocess.Popen, path: Path, docker_client, sig: in
     assert "Traceback" not in stderr
     trajectory = Trajectory.load(path)
     assert len(trajectory.turns) == turns
-    assert trajectory.result is not None and trajectory.result.exit_status is ExitStatus.INTERRUPTED
+    assert trajectory.result is not None and trajectory.result.status is ExitStatus.INTERRUPTED
     assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}") == []
     assert project_containers(docker_client, f"{RUN_ID_LABEL}={trajectory.header.run_id}") == []
     assert not (path.parent / "patch.diff").exists()
@@ -446,7 +457,7 @@ def test_interrupt_while_a_command_runs(tmp_path, repo, docker_client):
     with ScriptedServer(replies=[call("bash", "sleep 100", "Wait a while.")]) as server:
         proc = start_solve(repo, server.url, out)
         try:
-            wait_for(lambda: len(server.generation_requests()) == 1, proc, "the first request")
+            wait_for(lambda: len(turn_requests(server)) == 1, proc, "the first request")
             time.sleep(1.5)  # the command is running
             trajectory = check_interrupted(proc, path, docker_client, signal.SIGINT, turns=1)
         finally:
@@ -482,5 +493,72 @@ def test_model_server_killed_mid_run_reports_model_error(tmp_path, repo, docker_
     assert "Traceback" not in stderr
     assert "model_error" in stdout and "not reachable" in stdout
     trajectory = Trajectory.load(path)
-    assert trajectory.result.exit_status is ExitStatus.MODEL_ERROR and len(trajectory.turns) == 1
+    assert trajectory.result.status is ExitStatus.MODEL_ERROR and len(trajectory.turns) == 1
     assert project_containers(docker_client, f"{OWNER_PID_LABEL}={proc.pid}") == []
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(120)
+def test_solve_streams_each_turn_as_it_happens_and_q_silences_it(tmp_path, repo, docker_client):
+    """A line per turn arrives while the episode still runs (a real one can take hours); -q prints none."""
+    out = tmp_path / "out"
+    replies = [Reply(text, latency=0.3) if i == len(SOLVING) - 1 else text for i, text in enumerate(SOLVING)]
+    with ScriptedServer(replies=replies) as server:
+        proc = subprocess.Popen(
+            [*cli(), "solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", server.url, "-o", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"},
+        )  # fmt: skip
+        streamed, running_when_seen = [], None
+        for line in proc.stderr:
+            streamed.append(line.rstrip("\n"))
+            if line.startswith("turn   7"):  # the submit turn; the final reply is still being generated
+                running_when_seen = proc.poll() is None
+        stdout = proc.stdout.read()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, stdout + "\n".join(streamed)
+    assert running_when_seen is True, streamed
+    turns = [line for line in streamed if line.startswith("turn ")]
+    assert [line.split()[1] for line in turns] == [str(i) for i in range(1, 9)]
+    assert [line.split()[2] for line in turns] == ["bash", "bash", "edit", "create", "bash", "bash", "submit", "-"]
+    assert "cd /testbed && git ls-files && cat mathy.py" in turns[0]
+    # After a submission, a reply that calls no tool ends the episode (CWM's rule): shown as what it was.
+    assert "/tmp/fix.patch" in turns[6] and "(format error) FormatError: The reply invokes no tool." in turns[7]
+    trajectory = Trajectory.load(out / "trajectory.jsonl")
+    for line, turn in zip(turns, trajectory.turns):
+        assert f"{turn.tokens.prompt:,} in / {turn.tokens.completion:,} out" in line
+        assert re.search(r"\d+\.\ds  ", line)
+    run_id = trajectory.header.run_id
+    assert f"run id {run_id}" in streamed[0] and f"run id      {run_id}" in stdout
+
+    quiet = tmp_path / "quiet"
+    with ScriptedServer(replies=SOLVING) as server:
+        proc = run_cli(
+            "solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", server.url, "-o", str(quiet), "-q"
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr == "" and "submitted" in proc.stdout
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(120)
+def test_solve_refuses_a_non_empty_output_unless_overwrite(tmp_path, repo, docker_client):
+    out = tmp_path / "out"
+    with ScriptedServer(replies=SOLVING) as server:
+        first = run_cli("solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", server.url, "-o", str(out), "-q")
+        assert first.returncode == 0, first.stdout + first.stderr
+        kept = (out / "trajectory.jsonl").read_bytes()
+        asked = len(turn_requests(server))
+        again = run_cli("solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", server.url, "-o", str(out))
+        assert_clear_error(again, str(out), "not empty", "--overwrite")
+        assert (out / "trajectory.jsonl").read_bytes() == kept and len(turn_requests(server)) == asked
+    with ScriptedServer(replies=SOLVING) as server:
+        forced = run_cli("solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", server.url, "-o", str(out),
+                         "-q", "--overwrite")  # fmt: skip
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert (out / "trajectory.jsonl").read_bytes() != kept
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with ScriptedServer(replies=SOLVING) as server:
+        into_empty = run_cli("solve", "--repo", str(repo), "--issue", ISSUE, "--model-url", server.url,
+                             "-o", str(empty), "-q")  # fmt: skip
+    assert into_empty.returncode == 0, into_empty.stdout + into_empty.stderr

@@ -53,7 +53,10 @@ def print_summary(outcome, output_dir: Path) -> None:
         f"[bold]tokens[/bold]      {tokens.context} in context, {tokens.prompt} processed{cached}, "
         f"{tokens.completion} generated"
     )
-    out.print(f"[bold]time[/bold]        {outcome.elapsed:.1f} s")
+    out.print(
+        f"[bold]time[/bold]        {outcome.elapsed:.1f} s (model {outcome.model_seconds:.1f} s, "
+        f"tools {outcome.tool_seconds:.1f} s)"
+    )
     changed = files_changed(outcome.submission or "") or files_changed(outcome.final_diff)
     out.print(f"[bold]files[/bold]       {escape(', '.join(changed)) if changed else '(none)'}")
     if outcome.submission and not outcome.graded:
@@ -78,14 +81,33 @@ def write_outputs(outcome, output_dir: Path) -> None:
         (output_dir / "patch.diff").unlink(missing_ok=True)
 
 
-async def _solve(task, config, output_dir: Path, run_id: str | None = None):
+def turn_line(turn, width: int = 100) -> str:
+    """One line per turn for `solve`'s stream: number, tool, a short form of the call, seconds, tokens."""
+    seconds = turn.model_seconds + turn.tool_seconds
+    tokens = turn.tokens
+    cost = f"{seconds:5.1f}s  {tokens.prompt:,} in / {tokens.completion:,} out"
+    if turn.action is not None:
+        tool = turn.action.tool
+        body = " ".join(turn.action.body.split())
+    elif turn.format_error:
+        tool, body = "-", f"(format error) {turn.format_error.splitlines()[0] if turn.format_error else ''}"
+    else:
+        tool, body = "-", "(final reply)"
+    head = f"turn {turn.index:>3}  {tool:<7} "
+    room = max(10, width - len(head) - len(cost) - 2)
+    if len(body) > room:
+        body = body[: room - 1] + "…"
+    return f"{head}{body:<{room}}  {cost}"
+
+
+async def _solve(task, config, output_dir: Path, run_id: str | None = None, on_turn=None):
     from cwm_agent.agent.run import run_task
     from cwm_agent.model.client import ModelClient
 
     async with ModelClient(config.model) as model:
         model_id = await model.check()
         config.model.model = config.model.model or model_id
-        return await run_task(task, config, model, output_dir / "trajectory.jsonl", run_id=run_id)
+        return await run_task(task, config, model, output_dir / "trajectory.jsonl", run_id=run_id, on_turn=on_turn)
 
 
 def solve(
@@ -104,8 +126,10 @@ def solve(
     ),
     max_turns: Optional[int] = typer.Option(None, "--max-turns", help="Override agent.max_turns."),
     sandbox: Optional[str] = typer.Option(None, "--sandbox", help="docker (default) or local (no isolation!)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty output directory."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Don't stream the turns as they happen."),
 ) -> None:
-    """Solve an issue in a repository: writes DIR/patch.diff and DIR/trajectory.jsonl."""
+    """Solve an issue in a repository: writes DIR/patch.diff and DIR/trajectory.jsonl; streams each turn."""
     from cwm_agent.agent.config import ConfigError, load_config
     from cwm_agent.agent.repo import RepoError
     from cwm_agent.agent.task import Task
@@ -127,15 +151,24 @@ def solve(
     output_dir = output or Path("runs") / time.strftime("solve-%Y%m%d-%H%M%S")
     if output_dir.exists() and not output_dir.is_dir():
         raise _fail(f"-o {output_dir} is a file; pass a directory.")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise _fail(f"-o {output_dir} is not empty (an earlier run's files?); pass another directory, or --overwrite.")
     task = Task(task_id=output_dir.name, problem_statement=problem, image=image, repo_source=repo, base_commit=commit)
     run_id = uuid.uuid4().hex[:12]
+
+    def stream(turn) -> None:  # noqa: ANN001 - an agent.trajectory.Turn
+        if turn.index == 1:  # once the episode runs (a mistake found before it stays one line)
+            err.print(f"run id {run_id}: trajectory {escape(str(output_dir / 'trajectory.jsonl'))}", highlight=False)
+        width = err.size.width if err.is_terminal else 160  # a log keeps more of each call
+        err.print(escape(turn_line(turn, max(80, width))), highlight=False, soft_wrap=True)
+
     with sigterm_as_interrupt() as terminated:
         try:
-            outcome = asyncio.run(_solve(task, config, output_dir, run_id))
+            outcome = asyncio.run(_solve(task, config, output_dir, run_id, None if quiet else stream))
         except KeyboardInterrupt:
             sweep_run(run_id)
             err.print(
-                "interrupted: the container was removed; the partial trajectory is in "
+                f"interrupted (run id {run_id}): the container was removed; the partial trajectory is in "
                 f"{output_dir / 'trajectory.jsonl'}"
             )
             raise typer.Exit(143 if terminated else 130) from None
@@ -151,6 +184,7 @@ def solve(
         raise _fail(f"{outcome.detail} (nothing ran; the record is in {outcome.trajectory})")
     write_outputs(outcome, output_dir)
     print_summary(outcome, output_dir)
+    out.print(f"[bold]run id[/bold]      {run_id}")
     raise typer.Exit(0 if outcome.graded else 1)
 
 
