@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -30,7 +30,7 @@ from cwm_agent import __version__
 from cwm_agent.agent.trajectory import Trajectory, Turn
 from cwm_agent.reports.plots import histogram
 from cwm_agent.reports.runfolder import Item, RunFolder
-from cwm_agent.reports.show import one_line_call
+from cwm_agent.reports.show import closes_episode, final_text, one_line_call
 from cwm_agent.reports.summary import Summary, load_trajectory, summarize
 
 HERE = Path(__file__).resolve().parent
@@ -100,6 +100,8 @@ class TurnView:
     reply: str | None
     """What the model wrote after its thinking, shown for format errors and final replies."""
     format_error: str | None
+    closing: bool
+    """The reply after the submission that ended the episode (graded)."""
     body: Markup | None
     body_lines: int
     tool_ok: bool | None
@@ -123,8 +125,8 @@ class TurnView:
         return "ok"
 
 
-def turn_view(turn: Turn) -> TurnView:
-    tool, call = one_line_call(turn)
+def turn_view(turn: Turn, closing: bool = False) -> TurnView:
+    tool, call = one_line_call(turn, closing)
     body: Markup | None = None
     lines = 0
     if turn.action is not None:
@@ -144,7 +146,12 @@ def turn_view(turn: Turn) -> TurnView:
         else:
             body = _code(text, TextLexer())
     reply = None
-    if turn.format_error or turn.action is None:
+    thinking = turn.thinking
+    if closing:
+        reply = final_text(turn)
+        if not thinking and turn.raw.count("</think>") == 1:
+            thinking = turn.raw.split("</think>")[0]
+    elif turn.format_error or turn.action is None:
         reply = turn.raw.split("</think>")[-1].strip() if (turn.thinking and "</think>" in turn.raw) else turn.raw
     shown = turn.observation or getattr(turn, "unsent_observation", None)
     repeats_error = (
@@ -165,9 +172,10 @@ def turn_view(turn: Turn) -> TurnView:
         prompt_tokens=turn.tokens.prompt,
         completion_tokens=turn.tokens.completion,
         cached_tokens=turn.tokens.cached,
-        thinking=turn.thinking.strip() if turn.thinking else None,
+        thinking=thinking.strip() if thinking else None,
         reply=reply,
-        format_error=turn.format_error,
+        format_error=None if closing else turn.format_error,
+        closing=closing,
         body=body,
         body_lines=lines,
         tool_ok=turn.tool_ok,
@@ -190,7 +198,6 @@ class Row:
     tokens: int
     turns: int
     elapsed: float
-    tools: dict[str, int] = field(default_factory=dict)
 
 
 def _row(item: Item, prefix: str = "items/") -> Row:
@@ -224,7 +231,7 @@ def _plots(summary: Summary) -> list[Markup]:
 
 
 def _trajectory_page(run: RunFolder, item: Item, trajectory: Trajectory | None, out: Path, back: str) -> None:
-    turns = [turn_view(t) for t in trajectory.turns] if trajectory else []
+    turns = [turn_view(t, closes_episode(t, trajectory)) for t in trajectory.turns] if trajectory else []
     result = trajectory.result if trajectory else None
     patch = None
     if result is not None:
@@ -251,25 +258,13 @@ def write_report(run: RunFolder, out: Path) -> Path:
     _copy_assets(out)
     items_dir = out / "items"
     items_dir.mkdir(exist_ok=True)
-    summary = summarize(run, tools=False)
+    trajectories = {item.item_id: load_trajectory(item) for item in run.items}
+    summary = summarize(run, trajectories=trajectories)
     rows = []
-    calls: dict[str, int] = {}
-    failed: dict[str, int] = {}
     for item in run.items:
-        trajectory = load_trajectory(item)
-        row = _row(item)
-        for turn in trajectory.turns if trajectory else []:
-            if turn.format_error:
-                summary.format_errors += 1
-            if turn.action is not None:
-                calls[turn.action.tool] = calls.get(turn.action.tool, 0) + 1
-                failed[turn.action.tool] = failed.get(turn.action.tool, 0) + (turn.tool_ok is False)
-                row.tools[turn.action.tool] = row.tools.get(turn.action.tool, 0) + 1
-        rows.append(row)
+        trajectory = trajectories[item.item_id]
+        rows.append(_row(item))
         _trajectory_page(run, item, trajectory, items_dir, "../index.html")
-    from cwm_agent.reports.summary import ToolRow
-
-    summary.tools = [ToolRow(t, n, failed[t]) for t, n in sorted(calls.items(), key=lambda kv: -kv[1])]
     html = _env.get_template("index.html.j2").render(
         run=run,
         summary=summary,

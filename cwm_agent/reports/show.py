@@ -145,11 +145,39 @@ def _after_thinking(raw: str) -> str:
     return raw.split("</think>")[-1].strip() if "</think>" in raw else raw.strip()
 
 
-def render_turn(turn: Turn, opts: ShowOptions) -> Group:
+def closes_episode(turn: Turn, trajectory: Trajectory) -> bool:
+    """Whether `turn` is the reply after an accepted submission that called no tool: under CWM's rules
+    it ends the episode and the submission is graded, so it is the final answer, not a mistake."""
+    result = trajectory.result
+    return (
+        result is not None
+        and result.graded
+        and turn.action is None
+        and bool(trajectory.turns)
+        and turn is trajectory.turns[-1]
+    )
+
+
+def final_text(turn: Turn) -> str:
+    """A final reply without its thinking (a reply that closed its thinking once)."""
+    return _after_thinking(turn.raw) if turn.raw.count("</think>") == 1 else turn.raw.strip()
+
+
+def render_turn(turn: Turn, opts: ShowOptions, closing: bool = False) -> Group:
     parts: list[RenderableType] = [Rule(_turn_title(turn), align="left", style="cyan")]
-    if opts.thinking and turn.thinking:
-        parts.append(_text(turn.thinking.strip(), opts, "dim italic"))
-    if turn.format_error:
+    thinking = turn.thinking or (turn.raw.split("</think>")[0] if closing and turn.raw.count("</think>") == 1 else None)
+    if opts.thinking and thinking:
+        parts.append(_text(thinking.strip(), opts, "dim italic"))
+    if closing:
+        parts.append(
+            Panel(
+                _text(final_text(turn), opts),
+                title="final reply (ends the episode; the submission is graded)",
+                title_align="left",
+                border_style="green",
+            )
+        )
+    elif turn.format_error:
         # What the model wrote, so the reason of the error can be seen; the error itself once.
         wrote = turn.raw if not turn.thinking else _after_thinking(turn.raw)
         parts.append(
@@ -253,11 +281,11 @@ def show_trajectory(target: Target, console: Console, opts: ShowOptions) -> None
         turns = [t for t in trajectory.turns if t.index == opts.turn]
         if not turns:
             raise ShowError(f"{target.trajectory} has no turn {opts.turn} (it has {len(trajectory.turns)})")
-        console.print(render_turn(turns[0], opts))
+        console.print(render_turn(turns[0], opts, closes_episode(turns[0], trajectory)))
         return
     console.print(render_header(trajectory.header, opts))
     for turn in trajectory.turns:
-        console.print(render_turn(turn, opts))
+        console.print(render_turn(turn, opts, closes_episode(turn, trajectory)))
     if trajectory.result is None:
         console.print(Rule("no result record: the run was killed or is still going (--follow waits)", style="yellow"))
     else:
@@ -266,8 +294,10 @@ def show_trajectory(target: Target, console: Console, opts: ShowOptions) -> None
         console.print(render_evaluation(target.evaluation))
 
 
-def one_line_call(turn: Turn) -> tuple[str, str]:
+def one_line_call(turn: Turn, closing: bool = False) -> tuple[str, str]:
     """(tool, its call on one line) of a turn; format errors and final replies named as such."""
+    if closing:
+        return "final reply", final_text(turn).replace("\n", " ⏎ ")
     if turn.format_error:
         return "format error", turn.format_error.splitlines()[0] if turn.format_error else ""
     if turn.action is None:
@@ -287,9 +317,10 @@ def show_list(target: Target, console: Console) -> None:
     # The call is cut here, with a visible `…`, so the other columns keep their width.
     room = max(20, console.width - 66)
     for turn in trajectory.turns:
-        tool, call = one_line_call(turn)
+        closing = closes_episode(turn, trajectory)
+        tool, call = one_line_call(turn, closing)
         call = call if len(call) <= room else call[: room - 1] + "…"
-        style = "red" if turn.format_error or turn.tool_ok is False else ""
+        style = "red" if (turn.format_error and not closing) or turn.tool_ok is False else ""
         table.add_row(
             str(turn.index),
             Text(tool, style=style),

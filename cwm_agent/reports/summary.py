@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Iterable
 
 from cwm_agent.agent.trajectory import Trajectory
 from cwm_agent.reports.runfolder import ERROR_STATUSES, Item, RunFolder
+from cwm_agent.reports.show import closes_episode
 
 
 @dataclass
@@ -54,7 +56,8 @@ class Summary:
     """kind -> ending (exit status) -> work items."""
     repos: list[RepoRow] = field(default_factory=list)
     tools: list[ToolRow] = field(default_factory=list)
-    format_errors: int = 0
+    format_errors: int | None = None
+    """Format-error turns (None: trajectories not read)."""
     turns: list[int] = field(default_factory=list)
     completion_tokens: list[int] = field(default_factory=list)
     prompt_tokens: list[int] = field(default_factory=list)
@@ -106,8 +109,9 @@ def load_trajectory(item: Item) -> Trajectory | None:
         return None
 
 
-def summarize(run: RunFolder, tools: bool = True) -> Summary:
-    """The run's figures; `tools=False` skips reading trajectories (tool usage stays empty)."""
+def summarize(run: RunFolder, tools: bool = True, trajectories: dict[str, Trajectory | None] | None = None) -> Summary:
+    """The run's figures; `tools=False` skips reading trajectories (tool usage stays empty and
+    `format_errors` None); `trajectories` (by item id) saves reading them again."""
     patch0 = [i for i in run.items if i.kind == "patch" and i.rollout == 0]
     evaluated = run.eval_dir is not None
     outcomes = Counter(i.evaluation.outcome for i in patch0 if i.evaluation)
@@ -151,15 +155,23 @@ def summarize(run: RunFolder, tools: bool = True) -> Summary:
         row.errored += bool(item.result and item.result.errored)
     summary.repos = sorted(repos.values(), key=lambda r: r.repo)
     if tools:
-        calls: Counter[str] = Counter()
-        failed: Counter[str] = Counter()
-        for item in run.items:
-            trajectory = load_trajectory(item)
-            for turn in trajectory.turns if trajectory else []:
-                if turn.format_error:
-                    summary.format_errors += 1
-                if turn.action is not None:
-                    calls[turn.action.tool] += 1
-                    failed[turn.action.tool] += turn.tool_ok is False
-        summary.tools = [ToolRow(tool, n, failed[tool]) for tool, n in calls.most_common()]
+        if trajectories is None:
+            trajectories = {item.item_id: load_trajectory(item) for item in run.items}
+        summary.tools, summary.format_errors = tool_usage(t for t in trajectories.values() if t is not None)
     return summary
+
+
+def tool_usage(trajectories: Iterable[Trajectory]) -> tuple[list[ToolRow], int]:
+    """Calls and failures per tool, most used first, and the number of format-error turns (not
+    counting a reply that ended an episode after its submission, which CWM grades)."""
+    calls: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
+    format_errors = 0
+    for trajectory in trajectories:
+        for turn in trajectory.turns:
+            if turn.format_error and not closes_episode(turn, trajectory):
+                format_errors += 1
+            if turn.action is not None:
+                calls[turn.action.tool] += 1
+                failed[turn.action.tool] += turn.tool_ok is False
+    return [ToolRow(tool, n, failed[tool]) for tool, n in calls.most_common()], format_errors

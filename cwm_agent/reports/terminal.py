@@ -53,7 +53,8 @@ def print_summary(summary: Summary, console: Console) -> None:
         head.add_row(f"pass@{summary.rollouts}", f"{100 * (summary.pass_at_k or 0):.1f}%")
     if summary.running:
         head.add_row(Text("still running (no result yet)", style="yellow"), str(summary.running))
-    head.add_row("format errors (turns)", str(summary.format_errors))
+    if summary.format_errors is not None:
+        head.add_row("format errors (turns)", str(summary.format_errors))
     console.print(head)
 
     endings = Table(title="endings", title_justify="left")
