@@ -4,31 +4,17 @@ real Docker, real pytest, real git, and the tasks judged by `cwm-agent swebench 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from forage_tasks import IMAGE, cli, generated, rows
 
 from cwm_agent.forager.issue import fix_lines
 
 pytestmark = pytest.mark.docker
 
-IMAGE = "sweb.eval.x86_64.cwm-local__inflection-1:latest"
 COUNT = 3
 SEED = 11
-
-
-def cli(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).parent / "cwm-agent"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "cwm_agent.cli"]
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def docker_sh(image: str, script: str, stdin: str = "") -> str:
@@ -42,14 +28,9 @@ def docker_sh(image: str, script: str, stdin: str = "") -> str:
 
 
 @pytest.fixture(scope="module")
-def made(local_images, tmp_path_factory):
-    """The tasks file (and the CLI's output) of one generation; the task images are removed afterwards."""
-    out = tmp_path_factory.mktemp("forage") / "tasks.jsonl"
-    proc = cli("forage", "tasks", "--image", IMAGE, "-n", str(COUNT), "--seed", str(SEED), "-o", str(out))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    yield out, proc
-    images = [r["image"] for r in rows(out)]
-    subprocess.run(["docker", "rmi", "-f", *images], capture_output=True)
+def made(local_images):
+    """The tasks file (and the CLI's result) of one generation."""
+    return generated(COUNT, SEED)
 
 
 def test_tasks_are_swebench_instances_of_validated_bugs(made):

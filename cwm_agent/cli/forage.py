@@ -88,52 +88,73 @@ def run_command(
     model_url: Optional[str] = typer.Option(None, "--model-url", help="OpenAI-compatible endpoint."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML config (see `cwm-agent config`)."),
     set_options: Optional[List[str]] = typer.Option(None, "--set", "-c", help=SET_HELP),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed of rollout k is SEED + k."),
+    grade_unfinished: bool = typer.Option(
+        False, "--grade-unfinished", help="Evaluate the last submission of episodes ended by a limit too."
+    ),
     rerun_errors: bool = typer.Option(False, "--rerun-errors", help="Run again items that ended in an error."),
+    allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Continue a run folder made with other settings."),
 ) -> None:
-    """Collect trajectories on a tasks file (K per task), then evaluate each one with its task's tests; resumable."""
+    """Collect K trajectories per task (the `swebench run` machinery), then evaluate each with its task's tests.
+
+    Resumable: run it again and finished episodes and evaluations are skipped. Exit status as `swebench run`:
+    0 when every episode ran, 3 when some errored, 4 when the model server went down.
+    """
     from cwm_agent.agent.config import load_config
-    from cwm_agent.cli.swebench_run import progress_line
-    from cwm_agent.forager.collect import collect, evaluate_run
+    from cwm_agent.cli.common import merge
+    from cwm_agent.forager.collect import evaluate_rollouts, keep_tasks
+    from cwm_agent.runs.batch import exit_code
+    from cwm_agent.runs.display import LiveDisplay
+    from cwm_agent.runs.summary import summary_lines
     from cwm_agent.sandbox.cleanup import sigterm_as_interrupt, sweep_run
+    from cwm_agent.swebench.batch import SWEBenchRun, check_unique
     from cwm_agent.swebench.dataset import load_instances
     from cwm_agent.swebench.evaluate import EvalOptions
 
     check_output_dir(output)
-    overrides = parse_set_options(set_options)
-    if model_url:
-        overrides.setdefault("model", {})["url"] = model_url
+    overrides = merge(parse_set_options(set_options), {"model": {"url": model_url} if model_url else {}})
     config = load_config(config_file, overrides)
     instances = load_instances(tasks)
     if not instances:
         raise UsageError(f"--tasks {tasks} holds no task.")
-    run_id = uuid.uuid4().hex[:12]
-    last = -1
+    check_unique(instances, str(tasks))
+    run = SWEBenchRun(
+        instances=instances, config=config, output=output, dataset_source=str(tasks.resolve()), workers=workers,
+        rollouts=rollouts, seed=seed, grade_unfinished=grade_unfinished, rerun_errors=rerun_errors,
+        allow_mixed=allow_mixed, run_id=uuid.uuid4().hex[:12],
+    )  # fmt: skip
 
-    def update(p) -> None:
-        nonlocal last
-        if p.done != last:
-            last = p.done
-            err.print(progress_line(p), highlight=False, soft_wrap=True)
+    def announce(batch) -> None:  # noqa: ANN001
+        err.print(
+            _escape(f"run id {run.run_id}: {len(instances)} tasks x {rollouts}, {len(batch.todo())} to run: {output}"),
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
 
+    def on_result(k: int, r) -> None:  # noqa: ANN001
+        err.print(_escape(f"eval rollout {k}: {r.instance_id}: {r.outcome}"), highlight=False, soft_wrap=True)
+
+    terminated: list[int] = []
     try:
-        with sigterm_as_interrupt() as terminated:
-            progress = asyncio.run(
-                collect(instances, config, output, workers, rollouts, rerun_errors, on_update=update, run_id=run_id)
-            )
-            summary = evaluate_run(output, workers, EvalOptions(run_id=run_id))
+        try:
+            with sigterm_as_interrupt() as terminated:
+                keep_tasks(instances, output)
+                result = asyncio.run(run.run(lambda p: LiveDisplay(p, err), announce))
+                summary = evaluate_rollouts(
+                    instances, output, rollouts, workers, EvalOptions(run_id=run.run_id), on_result
+                )
+        except BaseException:
+            sweep_run(run.run_id)
+            raise
     except KeyboardInterrupt:
-        sweep_run(run_id)
         how = "terminated" if terminated else "interrupted"
-        err.print(f"{how}: containers removed; finished items are kept in {output} (run again to resume).")
+        err.print(_escape(f"{how}: containers removed; finished work is kept in {output} (run again to resume)."))
         raise typer.Exit(143 if terminated else 130) from None
-    except BaseException:
-        sweep_run(run_id)
-        raise
-    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(summary["outcomes"].items()))
-    typer.echo(
-        f"{progress.done}/{progress.total} trajectories ({len(instances)} tasks x {rollouts}), "
-        f"{progress.errors} errors; evaluated: {outcomes}; export with: cwm-agent forage export {output} -o train.jsonl"
-    )
+    for line in summary_lines(result.progress, result.folder, run.run_id):
+        typer.echo(line)
+    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(summary["outcomes"].items())) or "nothing evaluated"
+    typer.echo(f"evaluated {len(instances)} tasks x {rollouts}: {outcomes} ({output / 'forage.json'})")
+    typer.echo(f"export with: cwm-agent forage export {output} -o train.jsonl")
+    raise typer.Exit(exit_code(result.progress))
 
 
 def export_command(

@@ -2,11 +2,13 @@
 
 One record per trajectory (DIR/trajectories/<item_id>.jsonl):
 
-- `item_id`, `instance_id` (the task), `repo`, `rollout`, `outcome` (the evaluation: resolved |
-  unresolved | empty_patch | error | not_evaluated), `exit_status`, `turns`;
+- `item_id`, `instance_id` (the task), `kind` (patch | test), `repo`, `rollout`, `outcome` (the
+  evaluation of the rollout's prediction: resolved | unresolved | empty_patch | error | not_evaluated),
+  `exit_status`, `graded` (CWM would grade it), `turns`;
 - `messages`: the dialogue in CWM's roles (`system`, `user`, `assistant`, `tool: NAME`), each
   `content` exactly as rendered into the prompt; assistant messages also carry `thinking`;
-- `tokens`: prompt (summed over requests), completion (generated), context (final dialogue size);
+- `tokens`: the episode's totals: prompt (processed over all requests), completion (generated), cached,
+  context (final dialogue size);
 - `text`: the exact CWM text of the episode: the last request's prompt (`rebuild_prompt`: every
   earlier request is a prefix of it) + the last reply + `<|eot_id|>`; `prompt`: that last request alone;
 - `token_ids`: the ids where the trajectory kept them (else absent).
@@ -29,8 +31,10 @@ from typing import Any
 from cwm_agent.agent.files import write_text_atomic
 from cwm_agent.agent.trajectory import Trajectory, rebuild_prompt
 from cwm_agent.errors import UserError
+from cwm_agent.forager.collect import eval_dir, kept_tasks
 from cwm_agent.prompts.render import EOT
-from cwm_agent.swebench.dataset import load_instances
+from cwm_agent.runs.folder import RunFolder
+from cwm_agent.runs.work import ItemRecord
 
 SHINGLE = 5
 NUM_PERM = 128
@@ -41,32 +45,41 @@ class ExportError(UserError, ValueError):
     """The run folder cannot be exported; the message says why."""
 
 
-def _outcome(run_dir: Path, item: str) -> str:
+def _outcome(run_dir: Path, instance_id: str, kind: str, rollout: int) -> str:
+    if kind != "patch":
+        return "not_evaluated"
     try:
-        return json.loads((run_dir / "eval" / item / "result.json").read_text())["outcome"]
+        return json.loads((eval_dir(run_dir, rollout) / instance_id / "result.json").read_text())["outcome"]
     except (OSError, ValueError, KeyError):
         return "not_evaluated"
 
 
-def _task_rows(run_dir: Path) -> dict[str, dict]:
-    path = run_dir / "tasks.jsonl"
-    if not path.exists():
-        return {}
-    return {i.instance_id: i.as_dict() for i in load_instances(path)}
+def _token_ids(traj: Trajectory) -> list[int] | None:
+    """The whole episode's ids (first prompt, then each reply and what followed it), when all were kept."""
+    if traj.header.prompt_ids is None or not traj.turns:
+        return None
+    ids = list(traj.header.prompt_ids)
+    for turn in traj.turns:
+        if turn.reply_ids is None or (turn.observation is not None and turn.observation_ids is None):
+            return None
+        ids += turn.reply_ids + (turn.observation_ids or [])
+    return ids
 
 
-def trajectory_record(path: Path, run_dir: Path, rows: dict[str, dict]) -> dict[str, Any]:
+def trajectory_record(path: Path, run_dir: Path, items: dict[str, ItemRecord], repos: dict[str, str]) -> dict[str, Any]:
     """The training record of one trajectory file (its `text` is None for `model.api: chat` runs)."""
     traj = Trajectory.load(path)
     item = path.name.removesuffix(".jsonl")
-    row = rows.get(item, {})
+    meta = items.get(item)
+    instance_id = meta.instance_id if meta else str(traj.header.task.get("task_id") or item)
+    kind = meta.kind if meta else str(traj.header.task.get("kind") or "patch")
+    rollout = meta.rollout if meta else 0
     messages: list[dict[str, Any]] = []
     turns = iter(traj.turns)
     for message in traj.messages():
         entry: dict[str, Any] = {"role": message.role, "content": message.content}
         if message.role == "assistant":
-            turn = next(turns)
-            entry["thinking"] = turn.thinking
+            entry["thinking"] = next(turns).thinking
         messages.append(entry)
     try:
         prompt = rebuild_prompt(traj)
@@ -81,23 +94,23 @@ def trajectory_record(path: Path, run_dir: Path, rows: dict[str, dict]) -> dict[
     result = traj.result
     record: dict[str, Any] = {
         "item_id": item,
-        "instance_id": row.get("forage_task") or traj.header.task.get("task_id") or item,
-        "repo": row.get("repo", ""),
-        "rollout": row.get("rollout", 0),
-        "outcome": _outcome(run_dir, item),
-        "exit_status": result.exit_status.value if result else "unfinished",
+        "instance_id": instance_id,
+        "kind": kind,
+        "repo": repos.get(instance_id, ""),
+        "rollout": rollout,
+        "outcome": _outcome(run_dir, instance_id, kind, rollout),
+        "exit_status": result.status.value if result else "unfinished",
+        "graded": result.graded if result else False,
         "turns": len(traj.turns),
-        "tokens": {
-            "prompt": sum(t.tokens.prompt for t in traj.turns),
-            "completion": sum(t.tokens.completion for t in traj.turns),
-            "context": result.context_tokens if result else 0,
-        },
+        "tokens": result.tokens.model_dump()
+        if result
+        else {"prompt": 0, "completion": 0, "cached": None, "context": 0},
         "messages": messages,
         "prompt": prompt,
         "text": text,
     }
-    ids = [getattr(t, "token_ids", None) for t in traj.turns]
-    if ids and all(i is not None for i in ids):
+    ids = _token_ids(traj)
+    if ids is not None:
         record["token_ids"] = ids
     return record
 
@@ -151,11 +164,12 @@ def export_run(
         raise ExportError(
             f"{run_dir} has no trajectories/ folder; pass a `forage run` (or `swebench run`) output folder."
         )
-    rows = _task_rows(run_dir)
+    repos = {t.instance_id: t.repo for t in kept_tasks(run_dir)}
+    items = RunFolder(run_dir).read_results()
     records, dropped = [], {}
     for path in sorted(traj_dir.glob("*.jsonl")):
         try:
-            record = trajectory_record(path, run_dir, rows)
+            record = trajectory_record(path, run_dir, items, repos)
         except (ValueError, OSError) as exc:
             dropped[path.stem] = f"unreadable: {exc}"
             continue
