@@ -129,7 +129,10 @@ def _shingles(record: dict) -> set[str]:
 
 def _dedup(records: list[dict], threshold: float) -> dict[str, str]:
     """item_id -> the item it near-duplicates, for every record to drop."""
-    from datasketch import MinHash, MinHashLSH
+    try:
+        from datasketch import MinHash, MinHashLSH
+    except ImportError:
+        raise ExportError("--dedup needs datasketch: pip install 'cwm-agent[forage]'.") from None
 
     dropped: dict[str, str] = {}
     by_repo: dict[str, list[dict]] = {}
