@@ -46,6 +46,7 @@ import asyncio
 import inspect
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -201,6 +202,29 @@ def _run_on_worker(fn: ItemFn, make_ctx: MakeCtx, item: Any, router: Any) -> _Sh
     return _Shipped(result=result, files=files, node=node, seconds=time.monotonic() - started)
 
 
+def _local_cluster_address() -> str | None:
+    """The cluster this host belongs to, as `ray.init(address="auto")` finds it: RAY_ADDRESS, else the
+    address `ray start` left in Ray's temp folder."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    try:
+        return Path(tempfile.gettempdir(), "ray", "ray_current_cluster").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _unreachable(address: str) -> str:
+    """Why nothing listens at HOST:PORT ("" when something does, or the address is not of that form)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return ""
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return ""
+
+
 def _tagged(name: str) -> str:
     last = name.rsplit("/", 1)[-1]
     return name if ":" in last or "@" in name else f"{name}:latest"
@@ -268,10 +292,21 @@ class RayExecutor:
         """Join the cluster (once per process; call it from the main thread: ray.init sets signal handlers)."""
         ray = _import_ray()
         if not ray.is_initialized():
-            where = f"at {self.address}" if self.address else "on this host"
+            address = self.address or _local_cluster_address()
+            where = f"at {address}" if address else "on this host"
+            hint = (
+                f"start one with `ray start --head --resources '{{\"{SLOT_RESOURCE}\": N}}'` and pass its address "
+                "with --ray-address HOST:PORT"
+            )
+            if address is None:
+                raise ExecutorError(f"no Ray cluster runs on this host: {hint}")
+            # ray.init retries an address where nothing listens for minutes: ask the port first.
+            problem = _unreachable(address)
+            if problem:
+                raise ExecutorError(f"no Ray cluster answers at {address} ({problem}): {hint}")
             try:
                 ray.init(
-                    address=self.address or "auto",
+                    address=address,
                     logging_level=logging.ERROR,
                     log_to_driver=False,
                     configure_logging=False,
@@ -279,10 +314,7 @@ class RayExecutor:
                 )
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ExecutorError(
-                    f"no Ray cluster {where} ({first}): start one with `ray start --head --resources "
-                    f"'{{\"{SLOT_RESOURCE}\": N}}'` and pass its address with --ray-address HOST:PORT"
-                ) from None
+                raise ExecutorError(f"no Ray cluster {where} ({first}): {hint}") from None
         self._ray = ray
         return ray
 
@@ -470,8 +502,9 @@ def make_executor(name: str, ray_address: str | None = None) -> LocalExecutor | 
             raise ExecutorError("--ray-address goes with --executor ray")
         return LocalExecutor()
     if name == "ray":
-        _import_ray()
-        return RayExecutor(ray_address)
+        executor = RayExecutor(ray_address)
+        executor.connect()  # a missing cluster is an error before anything is written
+        return executor
     raise ExecutorError(f"--executor {name}: use local or ray")
 
 
