@@ -214,5 +214,5 @@ def test_token_totals_sum_what_the_model_reported(tmp_path, repo):
 
 def test_chat_messages_carry_cwms_roles(tmp_path, repo):
     _, _, model = episode(tmp_path, repo, [call("bash", "ls"), final("no call"), FIX, DIFF, SUBMIT, final()])
-    roles = [m["role"] for m in model.prompts[-1].messages]
+    roles = [m.role for m in model.prompts[-1].messages]
     assert roles[:6] == ["system", "user", "assistant", "tool: bash", "assistant", "user"]

@@ -54,15 +54,16 @@ class Dialogue:
         self.messages: list[Message] = []
         self.tokens = 0
         self._cache: dict[str, int] = {}
+        self._recent: dict[str, list[int]] = {}
         self._abbrev: list[int] | None = None
         self._reply_closed = True
 
     # -- what a request carries ---------------------------------------------------------------
 
     def prompt(self) -> Prompt:
-        chat = [{"role": m.role, "content": m.content} for m in self.messages]
-        return Prompt(text=self.text, ids=list(self.ids) if self.ids is not None else None, messages=chat,
-                      rollout=self.rollout)  # fmt: skip
+        """The next request's prompt. Its lists are the dialogue's own (not copied: a context of 100k
+        ids is sent every turn); a model that keeps them must copy them."""
+        return Prompt(text=self.text, ids=self.ids, messages=self.messages, rollout=self.rollout)
 
     # -- building it ---------------------------------------------------------------------------
 
@@ -125,7 +126,17 @@ class Dialogue:
     # -- counting and cutting ------------------------------------------------------------------
 
     async def _encode(self, text: str) -> list[int]:
-        return await self.model.encode(text) if text else []
+        """Ids of plain text, remembered for the last few texts: a turn encodes its answer's body up to
+        three times (to count, to cut, to append), and a server's /tokenize is a round trip each."""
+        if not text:
+            return []
+        ids = self._recent.get(text)
+        if ids is None:
+            ids = await self.model.encode(text)
+            self._recent[text] = ids
+            if len(self._recent) > 8:
+                del self._recent[next(iter(self._recent))]
+        return ids
 
     async def _encode_pieces(self, pieces: list[Piece]) -> list[int]:
         out: list[int] = []

@@ -7,9 +7,10 @@ Two implementations: `ModelClient` (HTTP, a vLLM server's OpenAI-compatible API)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from cwm_agent.model.client import Completion, SamplingParams
+from cwm_agent.prompts.render import Message
 
 
 @dataclass
@@ -20,8 +21,8 @@ class Prompt:
     """The whole dialogue rendered as CWM text, ending with the generation prompt."""
     ids: list[int] | None = None
     """The same as token ids built piece by piece (CWM's boundaries), when token-exact prompts are on."""
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    """The same as chat messages (for servers asked through /v1/chat/completions)."""
+    messages: list[Message] = field(default_factory=list)
+    """The same as chat messages with CWM's roles (for servers asked through /v1/chat/completions)."""
     rollout: str | None = None
     """Names the dialogue, so a server (or a router) can keep one rollout's requests together."""
 

@@ -326,8 +326,9 @@ class ModelClient:
         OpenAI `user` field (vLLM ignores it; the scripted server checks each rollout's prompts extend
         its previous prompt + reply). Needs a server that takes id prompts: see `supports_token_ids`.
         """
-        ids = list(prompt_ids)
-        if not ids or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+        # Not copied or checked id by id: a rollout's prompt grows to 100k ids and is sent every turn.
+        ids = prompt_ids if isinstance(prompt_ids, list) else list(prompt_ids)
+        if not ids:
             raise ValueError("prompt_ids must be a non-empty list of token ids")
         payload: dict[str, Any] = {"prompt": ids, **(self._ids_fields or _IDS_FIELDS)}
         if rollout is not None:
@@ -413,7 +414,8 @@ class ModelClient:
         """One reply to a `cwm_agent.model.base.Prompt`: chat messages with `api: chat`, token ids when the
         prompt carries them, else the rendered text."""
         if self.config.api == "chat":
-            completion = await self.chat(prompt.messages, sampling, prompt_tokens=None)
+            messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
+            completion = await self.chat(messages, sampling, prompt_tokens=None)
             # The reply continues "<think>\n" as a completion does: an opening the server's template left
             # to the model is not part of it.
             completion.text = completion.text.removeprefix("<think>\n")

@@ -75,6 +75,9 @@ class FakeModel:
         return out
 
     async def generate(self, prompt: Prompt, sampling: SamplingParams) -> Completion:
+        # A copy: the dialogue's lists go on growing after the request.
+        prompt = Prompt(text=prompt.text, ids=None if prompt.ids is None else list(prompt.ids),
+                        messages=list(prompt.messages), rollout=prompt.rollout)  # fmt: skip
         self.prompts.append(prompt)
         if self._policy is not None:
             text = self._policy(prompt)
