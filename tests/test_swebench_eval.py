@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -180,3 +184,119 @@ def test_pip_is_told_there_is_no_index_only_without_network():
     assert _sandbox_config("img", EvalOptions(network="none")).env.get("PIP_NO_INDEX") == "1"
     assert "PIP_NO_INDEX" not in _sandbox_config("img", EvalOptions(network="host")).env
     assert "PIP_NO_INDEX" not in _sandbox_config("img", EvalOptions(network="none", pip_no_index=False)).env
+
+
+# -- results keyed by what decides them -----------------------------------------------------------
+
+
+def test_a_changed_patch_is_evaluated_again_and_an_unchanged_one_reused(local_images, tmp_path):
+    inst = _by_id(local_images)[SIX]
+
+    def evaluate(patch: str):
+        preds = [Prediction(instance_id=SIX, model_name_or_path="t", model_patch=patch)]
+        summary, (result,) = evaluate_predictions([inst], preds, tmp_path)
+        return summary, result
+
+    summary, gold = evaluate(inst.patch)
+    assert gold.outcome == "resolved" and not gold.reused and summary["evaluated_now"] == 1
+    # A bogus patch into the folder that holds the gold verdict: graded on its own, never "resolved".
+    summary, bogus = evaluate(inst.patch.replace("slots = [slots]", "slots = list(slots)"))
+    assert bogus.outcome == "unresolved" and not bogus.reused and summary["resolved_instances"] == 0
+    summary, again = evaluate(inst.patch)  # the gold patch once more: its last record is the bogus one's
+    assert again.outcome == "resolved" and not again.reused
+    summary, reused = evaluate(inst.patch)  # unchanged now: reused, and the summary says so
+    assert reused.outcome == "resolved" and reused.reused and summary["reused"] == 1 and summary["evaluated_now"] == 0
+    record = json.loads((tmp_path / SIX / "result.json").read_text())
+    assert record["key"]["patch_sha256"] == hashlib.sha256(inst.patch.encode()).hexdigest()
+    assert {"row_sha256", "harness", "instance_id"} <= set(record["key"])
+    # A changed dataset row (another test list) is a changed evaluation, too.
+    changed = inst.model_copy(update={"PASS_TO_PASS": inst.PASS_TO_PASS[:-1]})
+    _, (row_changed,) = evaluate_predictions(
+        [changed], [Prediction(instance_id=SIX, model_name_or_path="t", model_patch=inst.patch)], tmp_path
+    )
+    assert not row_changed.reused
+    _no_containers_left()
+
+
+def test_a_lone_surrogate_in_one_prediction_errors_that_instance_only(local_images, tmp_path):
+    by_id = _by_id(local_images)
+    preds = [
+        Prediction(instance_id=SIX, model_name_or_path="t", model_patch=by_id[SIX].patch + "\ud800\n"),
+        Prediction(instance_id=INFLECTION, model_name_or_path="t", model_patch=by_id[INFLECTION].patch),
+    ]
+    summary, results = evaluate_predictions([by_id[SIX], by_id[INFLECTION]], preds, tmp_path, workers=2)
+    outcome = {r.instance_id: r for r in results}
+    assert outcome[SIX].outcome == "error" and "not valid Unicode" in outcome[SIX].error
+    assert outcome[INFLECTION].outcome == "resolved" and summary["resolved_ids"] == [INFLECTION]
+    _no_containers_left()
+
+
+def test_a_long_test_log_is_cut_keeping_head_and_tail_and_says_so(local_images, tmp_path):
+    inst = _by_id(local_images)[SIX]
+    preds = [Prediction(instance_id=SIX, model_name_or_path="t", model_patch=inst.patch)]
+    _, (result,) = evaluate_predictions([inst], preds, tmp_path, options=EvalOptions(max_log_bytes=10_000))
+    log = (tmp_path / SIX / "test_output.txt").read_text()
+    assert log.rstrip().endswith("EvalOptions.max_log_bytes)]") and "bytes cut ...]" in log
+    assert "the test log was cut" in result.error and len(log) < 11_000
+
+
+@pytest.mark.parametrize("where", ["file", "under-a-file", "proc"])
+def test_eval_output_that_cannot_be_written_is_one_line(tmp_path, where):
+    from cwm_agent.cli import app
+
+    a_file = tmp_path / "f"
+    a_file.write_text("keep\n")
+    output = {"file": a_file, "under-a-file": a_file / "sub", "proc": "/proc/cwm-no/such"}[where]
+    result = CliRunner().invoke(app, ["swebench", "eval", "--gold", "-d", str(INSTANCES_FILE), "-o", str(output)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1 and str(output) in result.output
+
+
+# -- interrupted evaluation -----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["INT", "TERM", "HUP"]
+)
+def test_a_signal_stops_the_evaluation_at_once_removing_its_containers(local_images, tmp_path, sig, code):
+    by_id = _by_id(local_images)
+    preds = tmp_path / "preds.jsonl"
+    rows = [{"instance_id": SIX, "model_name_or_path": "t", "model_patch": by_id[SIX].patch + HANG_TESTS}]
+    rows.append({"instance_id": MORE, "model_name_or_path": "t", "model_patch": ""})  # done at once
+    preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "cwm_agent.cli", "swebench", "eval", "-p", str(preds)]
+    command += ["-d", str(INSTANCES_FILE), "-o", str(out), "-w", "2", "--instance-ids", f"{SIX},{MORE}"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        run_id = None
+        while time.monotonic() < deadline:  # until the hanging tests run in their container
+            assert proc.poll() is None, proc.communicate()
+            running = subprocess.run(
+                ["docker", "ps", "-q", "--filter", f"label={OWNER_PID_LABEL}={proc.pid}"],
+                capture_output=True, text=True,
+            ).stdout.split()  # fmt: skip
+            if running and (out / SIX / "apply.log").exists():
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)
+        started = time.monotonic()
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=30)
+        assert time.monotonic() - started < 10, "the evaluation waited for the running tests"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr and "containers removed" in stderr
+    report = json.loads((out / "report.json").read_text())
+    run_id = report["run_id"]
+    assert report["interrupted"] is True and run_id in stderr
+    assert report["empty_patch_ids"] == [MORE]  # the finished instance is kept
+    assert not (out / SIX / "result.json").exists()  # the stopped one recorded nothing
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=io.cwm-agent.run-id={run_id}"], capture_output=True, text=True
+    ).stdout
+    assert left.strip() == ""

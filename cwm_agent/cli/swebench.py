@@ -54,6 +54,7 @@ def eval_command(
 ) -> None:
     """Evaluate patches: a fresh container per prediction, the official eval script, parsers and grading."""
     from cwm_agent.runs.executor import make_executor
+    from cwm_agent.sandbox import cleanup
     from cwm_agent.sandbox.base import SandboxError
     from cwm_agent.swebench.dataset import DatasetError, load_instances, load_predictions
     from cwm_agent.swebench.evaluate import EvalOptions, evaluate_predictions, gold_predictions
@@ -79,8 +80,7 @@ def eval_command(
     preds = [p for p in preds if p.instance_id in known]
     if not preds:
         raise _fail(f"no prediction matches an instance of {dataset}.")
-    if output.exists() and not output.is_dir():
-        raise _fail(f"--output {output} is a file; pass a directory.")
+    _check_writable(output)
 
     options = EvalOptions(
         timeout=timeout,
@@ -96,24 +96,53 @@ def eval_command(
         nonlocal done
         done += 1
         colour = {"resolved": "green", "unresolved": "yellow", "empty_patch": "yellow"}.get(result.outcome, "red")
-        detail = f"  {escape(result.error.splitlines()[0][:160])}" if result.error else ""
+        detail = f"  {escape(result.error.splitlines()[0])}" if result.error else ""
+        how = "reused" if result.reused else f"{result.total_s:.1f} s"
         err.print(
-            f"[{done}/{len(preds)}] {result.instance_id}: [{colour}]{result.outcome}[/{colour}] "
-            f"({result.total_s:.1f} s){detail}",
+            f"[{done}/{len(preds)}] {result.instance_id}: [{colour}]{result.outcome}[/{colour}] ({how}){detail}",
             highlight=False,
             soft_wrap=True,
         )
 
-    try:
-        summary, _ = evaluate_predictions(
-            instances, preds, output, workers, options, on_result=progress, executor=executor
-        )
-    except SandboxError as exc:
-        raise _fail(str(exc)) from None
-    except KeyboardInterrupt:
-        err.print(f"interrupted; finished instances are kept in {output} (run again to continue).")
-        raise typer.Exit(130) from None
+    err.print(f"run id {options.run_id}: {len(preds)} predictions -> {output}", highlight=False, soft_wrap=True)
+    # Sandboxes start in worker threads, where no signal handler can be installed: install them here,
+    # so SIGINT, SIGTERM and SIGHUP remove every running container at once.
+    cleanup.install_handlers()
+    with cleanup.sigterm_as_interrupt() as received:
+        try:
+            summary, _ = evaluate_predictions(
+                instances, preds, output, workers, options, on_result=progress, executor=executor
+            )
+        except SandboxError as exc:
+            cleanup.sweep_run(options.run_id)
+            raise _fail(str(exc)) from None
+        except KeyboardInterrupt:
+            cleanup.sweep_run(options.run_id)
+            how = "terminated" if received else "interrupted"
+            err.print(
+                f"{how} (run id {options.run_id}): containers removed; {done} of {len(preds)} instances finished "
+                f"and are kept in {output} (run again to continue).",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(cleanup.exit_code(received[0] if received else None)) from None
     _print_summary(summary, output)
+
+
+def _check_writable(output: Path) -> None:
+    """--output must be a directory this process can write (made when missing)."""
+    import tempfile
+
+    from cwm_agent.cli.common import UsageError
+
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file; pass a directory.")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write --output {output}: {exc.strerror or exc}; pass a writable directory.") from None
 
 
 def _print_summary(summary: dict, output: Path) -> None:
@@ -132,11 +161,14 @@ def _print_summary(summary: dict, output: Path) -> None:
     ]:
         table.add_row(label, str(summary[key]))
     out.print(table)
+    resolved, total = summary["resolved_instances"], summary["total_instances"]
     out.print(
-        f"resolved {summary['resolved_instances']}/{summary['submitted_instances']} submitted "
-        f"({100 * summary['resolved_instances'] / submitted:.1f}%), {summary['total_instances']} in the dataset; "
-        f"report: {output / 'report.json'}",
+        f"resolved {resolved}/{total} of the dataset ({100 * resolved / (total or 1):.1f}%), "
+        f"{resolved}/{summary['submitted_instances']} of the submitted ({100 * resolved / submitted:.1f}%); "
+        f"{summary.get('evaluated_now', 0)} evaluated, {summary.get('reused', 0)} reused "
+        f"(run id {summary.get('run_id', '?')}); report: {output / 'report.json'}",
         highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -1,4 +1,5 @@
-"""No container left behind: live sandboxes are closed on exit, SIGINT and SIGTERM; `prune` removes leftovers.
+"""No container left behind: live sandboxes are closed on exit, SIGINT, SIGTERM and SIGHUP; `prune` removes
+leftovers.
 
 A process killed with SIGKILL cannot clean up; its containers keep their labels (project,
 run id, owner pid and the owner's start time) so `prune` can find them afterwards.
@@ -41,6 +42,10 @@ _live: dict[int, _Closable] = {}
 _installed = False
 _atexit_registered = False
 
+signalled = threading.Event()
+"""Set by the handlers when a stop signal arrives, before they close anything: work that then sees its
+sandbox vanish can tell an interruption from a failure (and record nothing)."""
+
 
 def process_start_ticks(pid: int) -> str:
     """Start time of process `pid` from /proc (clock ticks since boot), or "" when unknown."""
@@ -62,8 +67,18 @@ def owner_labels() -> dict[str, str]:
     }
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop a command and close its sandboxes: Ctrl-C, `kill` or a scheduler, a closed terminal."""
+
+
+def exit_code(signum: int | None) -> int:
+    """The exit status of a command stopped by `signum` (None: Ctrl-C): 130, 143 or 129."""
+    return 128 + (signum or signal.SIGINT)
+
+
 def track(sandbox: _Closable) -> None:
-    """Close `sandbox` when this process exits or gets SIGINT/SIGTERM (until `untrack`)."""
+    """Close `sandbox` when this process exits or gets SIGINT/SIGTERM/SIGHUP (until `untrack`); a sandbox
+    started in a worker thread is tracked too, and closed from the main thread's handler."""
     _live[id(sandbox)] = sandbox
     install_handlers()
 
@@ -94,10 +109,11 @@ def close_all() -> None:
 
 
 def install_handlers() -> None:
-    """Close live sandboxes on SIGINT/SIGTERM, then behave as before: the previous handler runs
-    (Python's SIGINT handler raises KeyboardInterrupt), and a default SIGTERM becomes
-    SystemExit(143) so `finally` blocks run. An ignored signal stays ignored. Only the main
-    thread may install handlers; elsewhere this only registers the exit hook."""
+    """Close live sandboxes on SIGINT/SIGTERM/SIGHUP, then behave as before: the previous handler runs
+    (Python's SIGINT handler raises KeyboardInterrupt), and a default SIGTERM or SIGHUP becomes
+    SystemExit(143 or 129) so `finally` blocks run. An ignored signal stays ignored. Only the main
+    thread may install handlers; elsewhere this only registers the exit hook, so a command that starts
+    sandboxes in worker threads calls this first, on the main thread."""
     global _installed, _atexit_registered
     if not _atexit_registered:
         _atexit_registered = True
@@ -105,7 +121,7 @@ def install_handlers() -> None:
     if _installed or threading.current_thread() is not threading.main_thread():
         return
     _installed = True
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         previous = signal.getsignal(signum)
         if previous in (signal.SIG_IGN, None):
             continue
@@ -114,6 +130,7 @@ def install_handlers() -> None:
 
 def _make_handler(signum: int, previous: Any):
     def handler(sig: int, frame: Any) -> None:
+        signalled.set()
         close_all()
         if callable(previous):
             previous(sig, frame)
@@ -140,9 +157,19 @@ def _owner_alive(labels: dict[str, str]) -> bool:
     return not expected or expected == start
 
 
-def prune(run_id: str | None = None, dead_only: bool = False, client: Any = None) -> list[str]:
-    """Remove the project's containers (only run `run_id`'s when given; only those whose owner
-    process is gone when `dead_only`). Returns the removed containers' names."""
+def prune(
+    run_id: str | None = None, dead_only: bool = False, client: Any = None, everything: bool = False
+) -> list[str]:
+    """Remove the project's containers and return their names: run `run_id`'s (live or not, unless
+    `dead_only`); with `everything`, every project container on the engine, other users' live runs
+    included; with neither, only those whose owner process is gone. An empty `run_id` (an unset shell
+    variable) is an error, never "all"."""
+    if run_id is not None and not run_id.strip():
+        raise SandboxError("the run id is empty: give a run's id, or --all to remove every cwm-agent container")
+    if run_id is not None and everything:
+        raise SandboxError("give a run id or --all, not both")
+    if run_id is None and not everything:
+        dead_only = True
     client = client or docker_client()
     filters = [f"{PROJECT_LABEL}={PROJECT_VALUE}"]
     if run_id:
@@ -168,6 +195,8 @@ def sweep_run(run_id: str) -> None:
     was interrupted, once its worker threads have ended. An engine that does not answer (maybe
     the very error being reported) leaves nothing to do here: `cwm-agent sandbox prune` remains.
     """
+    if not run_id:
+        return  # never "every container"
     try:
         prune(run_id=run_id)
     except Exception:  # noqa: BLE001 - best effort, on the way out
@@ -176,18 +205,20 @@ def sweep_run(run_id: str) -> None:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[list[int]]:
-    """Within the block (around `asyncio.run`), SIGTERM (`kill`, a scheduler's time limit) takes
-    Ctrl-C's path: the run is cancelled, sandboxes close and records end as interrupted, instead of
-    the process dying on the spot. Yields a list that gets the signal when one came (so the caller
-    can exit 143, not 130)."""
+    """Within the block (around `asyncio.run`), SIGTERM (`kill`, a scheduler's time limit) and SIGHUP (a
+    closed terminal, a dropped ssh) take Ctrl-C's path: the run is cancelled, sandboxes close and records
+    end as interrupted, instead of the process dying on the spot. Yields a list that gets the signal when
+    one came (`exit_code(received[0] if received else None)`: 143 or 129, not 130)."""
     received: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
         received.append(signum)
+        signalled.set()
         signal.raise_signal(signal.SIGINT)  # asyncio.run's SIGINT handler cancels the run cleanly
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
