@@ -24,7 +24,10 @@ from cwm_agent.model.scripted_server import ScriptTokenizer
 
 pytestmark = pytest.mark.timeout(60)
 
-BUGGY = "def clamp(value, low, high):\n    if value < low:\n        return low\n    if value > high:\n        return value\n    return value\n"
+BUGGY = (
+    "def clamp(value, low, high):\n    if value < low:\n        return low\n"
+    "    if value > high:\n        return value\n    return value\n"
+)
 PROBLEM = "clamp(5, 0, 3) returns 5; it should return 3."
 BUDGET_RE = re.compile(r"<budget>\n\* Remaining turns: (-?\d+)\n\* Remaining tokens: (-?\d+)\n</budget>")
 
@@ -39,7 +42,8 @@ def final(text: str = "## Summary\nFixed.") -> str:
 
 FIX = call(
     "edit",
-    "mathy.py\n<<<<<<< SEARCH\n        return value\n    return value\n=======\n        return high\n    return value\n>>>>>>> REPLACE",
+    "mathy.py\n<<<<<<< SEARCH\n        return value\n    return value\n=======\n"
+    + "        return high\n    return value\n>>>>>>> REPLACE",
 )
 DIFF = call("bash", "git diff > /tmp/fix.diff")
 SUBMIT = call("submit", "/tmp/fix.diff")
@@ -55,8 +59,17 @@ def repo(tmp_path: Path) -> Path:
     return path
 
 
-def episode(tmp_path: Path, repo: Path, replies, *, agent: dict | None = None, kind: str = "patch",
-            problem: str = PROBLEM, tokenizer=None, sandbox: dict | None = None) -> tuple[EpisodeRecord, Trajectory, FakeModel]:  # fmt: skip
+def episode(
+    tmp_path: Path,
+    repo: Path,
+    replies,
+    *,
+    agent: dict | None = None,
+    kind: str = "patch",
+    problem: str = PROBLEM,
+    tokenizer=None,
+    sandbox: dict | None = None,
+) -> tuple[EpisodeRecord, Trajectory, FakeModel]:
     model = FakeModel(replies, tokenizer=tokenizer)
     config = load_config(
         None, {"agent": agent or {}, "sandbox": {"backend": "local", "command_timeout": 20, **(sandbox or {})}}
@@ -96,7 +109,7 @@ def test_malformed_replies_before_a_submission_are_answered_without_limit(tmp_pa
 
 @pytest.mark.parametrize(
     "ending",
-    [final("## Summary"), call("nosuch", "x"), f"t\n</think>\n<tool: bash>\nls\n</tool>\n<tool: bash>\nls\n</tool>"],
+    [final("## Summary"), call("nosuch", "x"), "t\n</think>\n<tool: bash>\nls\n</tool>\n<tool: bash>\nls\n</tool>"],
     ids=["no call", "unknown tool", "two calls"],
 )
 def test_after_a_submission_any_malformed_reply_ends_and_grades(tmp_path, repo, ending):
@@ -121,8 +134,9 @@ def test_the_turn_limit_reply_is_not_run_and_the_episode_is_not_graded(tmp_path,
 
 
 def test_the_context_limit_ends_unrun_and_ungraded(tmp_path, repo):
-    record, _, _ = episode(tmp_path, repo, [FIX, DIFF, SUBMIT, call("bash", "seq 1 3000")] + [final()] * 3,
-                           agent={"context_size": 4000, "reply_max_tokens": 2000, "issue_max_tokens": 1000})  # fmt: skip
+    limits = {"context_size": 4000, "reply_max_tokens": 2000, "issue_max_tokens": 1000}
+    replies = [FIX, DIFF, SUBMIT, call("bash", "seq 1 3000")] + [final()] * 3
+    record, _, _ = episode(tmp_path, repo, replies, agent=limits)
     assert record.status is ExitStatus.CONTEXT_LIMIT and not record.graded
 
 

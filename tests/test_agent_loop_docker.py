@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path

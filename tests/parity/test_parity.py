@@ -27,10 +27,12 @@ from .cwm_reference import (
     DEFAULT_REPO_FILES,
     default_release,
     default_tokenizer_model,
-    load_tokenizer as load_cwm_tokenizer,
     missing_requirement,
     run_reference,
     split_messages,
+)
+from .cwm_reference import (
+    load_tokenizer as load_cwm_tokenizer,
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
@@ -135,7 +137,8 @@ EPISODES = {
         replies=[
             call(
                 "create",
-                "test_issue.py\nfrom calc import add\nprint('Issue reproduced' if add(1, 2) != 3 else 'Issue resolved')\n",
+                "test_issue.py\nfrom calc import add\n"
+                "print('Issue reproduced' if add(1, 2) != 3 else 'Issue resolved')\n",
             ),
             call("submit", "test_issue.py"),
             think("The test prints Issue reproduced on the original code."),
