@@ -131,3 +131,19 @@ def test_a_config_file_that_is_not_utf8_is_a_one_line_error(tmp_path):
     path.write_bytes(b"agent: {max_turns: 3}\n# caf\xe9\n")
     with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 0xe9 at offset 27\)"):
         load_config(path)
+
+
+@pytest.mark.docker
+def test_after_kill_9_minus_1_the_error_says_what_happened_not_a_startup_timeout(docker_client):
+    import time
+
+    with DockerSandbox(SandboxConfig(), client=docker_client) as sb:
+        started = time.monotonic()
+        with pytest.raises(SandboxError) as info:
+            sb.run("kill -9 -1")
+            sb.run("echo still here?")
+        message = str(info.value)
+        assert time.monotonic() - started < 10
+        assert "did not start within" not in message and "is bash installed" not in message
+        # The exec either fails (the container has stopped) or its stream ends at once; either is said.
+        assert ("ended as it started" in message or "has stopped" in message) and "\n" not in message

@@ -225,6 +225,11 @@ class _ContainerHost:
             )["Id"]
             sock = self.api.exec_start(exec_id, socket=True)
         except docker.errors.APIError as exc:
+            if "is not running" in str(exc.explanation or exc) or "stopped" in str(exc.explanation or exc):
+                raise SandboxError(
+                    f"Container {self.sandbox.name} has stopped ({exc.explanation or exc}); the sandbox cannot go "
+                    "on (did a command kill every process in it?)"
+                ) from exc
             raise SandboxError(f"Could not start bash in container {self.sandbox.name}: {exc}") from exc
         return _ExecStream(self.api, exec_id, sock)
 

@@ -279,15 +279,23 @@ class BashSession:
                 "",
             ]
         )
+        sent = time.monotonic()
         try:
             self._stream.send(setup.encode())
-            line = self._read_line_after(ready.encode(), time.monotonic() + self.startup_timeout)
+            line = self._read_line_after(ready.encode(), sent + self.startup_timeout)
         except OSError as exc:
             raise SandboxError(f"The bash session could not start: {exc}") from exc
         if line is None:
+            said = bytes(self._pending[-500:]).decode("utf-8", "replace").strip() or "nothing"
+            waited = time.monotonic() - sent
+            if waited < self.startup_timeout - 1:  # it ended: say so, not "did not start in time"
+                raise SandboxError(
+                    f"The bash session ended as it started ({waited:.1f}s), saying: {said!r}; the machine may "
+                    "have stopped (e.g. a command killed every process in it)"
+                )
             raise SandboxError(
                 f"The bash session did not start within {self.startup_timeout:.0f}s "
-                f"(is bash installed in the machine?). Output: {bytes(self._pending[-500:])!r}"
+                f"(is bash installed in the machine?). Output: {said!r}"
             )
         pid, uid, gid = line.split()
         self.shell_pid, self.uid, self.gid = int(pid), int(uid), int(gid)
