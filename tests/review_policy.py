@@ -8,6 +8,7 @@ rollout, so pass `--seed SEED`):
   its thinking holds markup a report must print as text, never run;
 - `error`: HTTP 400 at once (the episode ends in a model error);
 - `wander`: `ls` until the turn limit (unfinished: never graded).
+A test-generation episode (`--test-rollouts`) writes and submits a small `test_issue.py`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ def wrong_steps() -> list[str]:
     ]
 
 
+TEST_FILE = 'print("Issue reproduced")\n'
+
+
+def test_steps() -> list[str]:
+    return [
+        f"A test that prints the verdict.\n</think>\n<tool: create>\n/testbed/test_issue.py\n{TEST_FILE}\n</tool>",
+        "Submit it.\n</think>\n<tool: submit>\ntest_issue.py\n</tool>",
+        "Done.\n</think>\nThe test prints its verdict.",
+    ]
+
+
 def wander_step(turn: int) -> str:
     return f"Look around (step {turn}).\n</think>\n<tool: bash>\nls /testbed | head -3\n</tool>"
 
@@ -59,6 +71,8 @@ class ReviewPolicy(GoldPolicy):
         rollout = int(request.body.get("seed") or SEED) - SEED
         how = self.plan.get((instance.instance_id, rollout), "gold")
         turn = request.prompt.count(ASSISTANT_HEADER) - 1
+        if "test_issue.py" in request.prompt.split(ASSISTANT_HEADER, 1)[0]:
+            return test_steps()[min(turn, 2)]
         if how == "error":
             return Fault.http(400, f"review policy: told to fail {instance.instance_id}")
         if how == "wander":

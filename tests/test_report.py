@@ -3,9 +3,9 @@
 Two small runs over the local SWE-bench instances with a scripted model (tests/review_policy.py),
 built once for the module: run A (2 rollouts) has resolved, unresolved, errored (model error) and
 unfinished (turn limit) episodes and a format-error turn holding markup; run B resolves what A did
-not. Both are evaluated with `swebench eval` (A's rollout 1 under eval/rollout-1). The pages are
-opened in Debian's chromium through Playwright; a screenshot of each is saved under the test's
-tmp dir (the path is printed: run pytest with -s to see it).
+not and has a test-generation episode per instance. Both are evaluated with `swebench eval` (A's
+rollout 1 under eval/rollout-1). The pages are opened in Debian's chromium through Playwright; a
+screenshot of each is saved under the test's tmp dir (the path is printed: run pytest with -s).
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ def cwm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return proc
 
 
-def _run_and_eval(server: ScriptedServer, out: Path, rollouts: int) -> None:
+def _run_and_eval(server: ScriptedServer, out: Path, rollouts: int, test_rollouts: int = 0) -> None:
     proc = cwm("swebench", "run", "--dataset", str(INSTANCES_FILE), "--output", str(out), "--workers", "3",
-               "--model-url", server.url, "--rollouts", str(rollouts), "--seed", str(SEED),
-               "-c", "agent.max_turns=6")  # fmt: skip
+               "--model-url", server.url, "--rollouts", str(rollouts), "--test-rollouts", str(test_rollouts),
+               "--seed", str(SEED), "-c", "agent.max_turns=6")  # fmt: skip
     assert (out / "results.jsonl").exists(), proc.stderr
     for k in range(rollouts):
         preds = out / "preds.jsonl" if k == 0 else out / "preds" / f"rollout-{k}.jsonl"
@@ -64,7 +64,7 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
         policy.plan = PLAN_A
         _run_and_eval(server, root / "A", rollouts=2)
         policy.plan = PLAN_B
-        _run_and_eval(server, root / "B", rollouts=1)
+        _run_and_eval(server, root / "B", rollouts=1, test_rollouts=1)
     return root / "A", root / "B"
 
 
@@ -106,6 +106,8 @@ def test_stats_counts_equal_the_evaluation(runs):
     assert stats["format_errors"] >= 2  # the `wrong` episodes' reply without </think>
     text = cwm("swebench", "stats", str(run_b))
     assert text.returncode == 0 and "resolved" in text.stdout and "66.7% of dataset" in text.stdout
+    stats_b = json.loads(cwm("swebench", "stats", str(run_b), "--json").stdout)
+    assert stats_b["endings"]["test"] == {"submitted": 3} and stats_b["resolved"] == 2
     missing = cwm("swebench", "stats", str(run_a / "nope"))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no such folder" in missing.stderr
 
@@ -281,3 +283,23 @@ def test_report_of_a_run_still_going_and_not_evaluated(runs, tmp_path):
     assert "No result record" in page
     stats = json.loads(cwm("swebench", "stats", str(live), "--json").stdout)
     assert stats["running"] == 1 and stats["evaluated"] is False
+
+
+def test_report_of_a_run_with_test_generation(runs, browser, tmp_path):
+    _, run_b = runs
+    out = tmp_path / "report-b"
+    assert cwm("report", str(run_b), "-o", str(out)).returncode == 0
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page.goto((out / "index.html").as_uri())
+    rows = page.locator("#items tbody tr")
+    assert rows.count() == 6
+    page.select_option("#f-kind", "test")
+    assert sum(r.is_visible() for r in rows.all()) == 3
+    page.locator("#items tbody tr:visible a").first.click()
+    assert page.locator("h1").inner_text().endswith(".test-0")
+    assert page.locator("#patch h2").inner_text() == "Submitted test"
+    assert 'print("Issue reproduced")' in page.locator("#patch pre").inner_text()
+    screenshot(page, tmp_path / "trajectory-test.png")
+    page.close()
+    show = cwm("show", str(run_b), SIX, "--kind", "test", "--list")
+    assert show.returncode == 0 and "create" in show.stdout and "final reply" in show.stdout

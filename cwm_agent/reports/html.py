@@ -23,7 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
-from pygments.lexers import BashLexer, DiffLexer, TextLexer, get_lexer_for_filename
+from pygments.lexers import BashLexer, DiffLexer, PythonLexer, TextLexer, get_lexer_for_filename
 from pygments.util import ClassNotFound
 
 from cwm_agent import __version__
@@ -51,13 +51,18 @@ def page_name(item_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", item_id).lstrip(".") + ".html"
 
 
+_FORMATTER = HtmlFormatter(nowrap=True, classprefix="hl-")
+# Made once: building a formatter (its style table) cost more than highlighting a page.
+_DIFF, _BASH, _PYTHON, _TEXT = DiffLexer(), BashLexer(), PythonLexer(), TextLexer()
+
+
 def _code(text: str, lexer) -> Markup:
     """`text` highlighted as HTML (Pygments escapes it)."""
-    return Markup(highlight(text, lexer, HtmlFormatter(nowrap=True, classprefix="hl-")))
+    return Markup(highlight(text, lexer, _FORMATTER))
 
 
 def diff_html(text: str) -> Markup:
-    return _code(text, DiffLexer())
+    return _code(text, _DIFF)
 
 
 def _file_lexer(path: str):
@@ -140,11 +145,11 @@ def turn_view(turn: Turn, closing: bool = False) -> TurnView:
         if as_diff is not None:
             body = diff_html(as_diff)
         elif turn.action.tool == "bash":
-            body = _code(text, BashLexer())
+            body = _code(text, _BASH)
         elif turn.action.tool == "submit" and text.lstrip().startswith("diff"):
             body = diff_html(text)
         else:
-            body = _code(text, TextLexer())
+            body = _code(text, _TEXT)
     reply = None
     thinking = turn.thinking
     if closing:
@@ -206,7 +211,9 @@ def _row(item: Item, prefix: str = "items/") -> Row:
         item=item,
         page=prefix + page_name(item.item_id),
         resolved="n/a" if item.resolved is None else ("yes" if item.resolved else "no"),
-        eval_outcome=item.evaluation.outcome if item.evaluation else "not evaluated",
+        eval_outcome=item.evaluation.outcome
+        if item.evaluation
+        else ("not evaluated" if item.kind == "patch" else "n/a"),
         tokens=result.tokens.completion if result else 0,
         turns=result.turns if result else 0,
         elapsed=result.elapsed if result else 0.0,
@@ -230,6 +237,18 @@ def _plots(summary: Summary) -> list[Markup]:
     ]
 
 
+def _submission_html(text: str) -> Markup:
+    """A patch as a diff; a test-generation episode's submission (a test file) as Python."""
+    return diff_html(text) if text.lstrip().startswith("diff") else _code(text, _PYTHON)
+
+
+def _submission_title(result) -> str:
+    if not result.submission:
+        return "Working-tree diff (nothing submitted)"
+    kind = "patch" if result.submission.lstrip().startswith("diff") else "test"
+    return f"Submitted {kind}" if result.graded else f"Submitted {kind} (not graded: the episode did not finish)"
+
+
 def _trajectory_page(run: RunFolder, item: Item, trajectory: Trajectory | None, out: Path, back: str) -> None:
     turns = [turn_view(t, closes_episode(t, trajectory)) for t in trajectory.turns] if trajectory else []
     result = trajectory.result if trajectory else None
@@ -243,8 +262,8 @@ def _trajectory_page(run: RunFolder, item: Item, trajectory: Trajectory | None, 
         header=trajectory.header if trajectory else None,
         turns=turns,
         result=result,
-        patch=diff_html(patch) if patch else None,
-        patch_is_submission=bool(result and result.submission),
+        patch=_submission_html(patch) if patch else None,
+        patch_title=_submission_title(result) if result else "",
         evaluation=item.evaluation,
         back=back,
         version=__version__,

@@ -224,7 +224,7 @@ def render_header(header: Header, opts: ShowOptions) -> Group:
 
 
 def render_result(result: Result, opts: ShowOptions) -> Group:
-    colour = "green" if result.submission else "red"
+    colour = "green" if result.graded else ("yellow" if result.submission else "red")
     parts: list[RenderableType] = [
         Rule(
             Text.assemble((result.status.value, colour), f" · {result.turns} turns · {result.elapsed:.1f}s"),
@@ -235,8 +235,12 @@ def render_result(result: Result, opts: ShowOptions) -> Group:
         parts.append(_text(result.detail, opts))
     diff = result.submission or result.final_diff
     if diff:
-        title = "submission" if result.submission else "working tree diff (nothing submitted)"
-        parts.append(Panel(_code(diff, "diff", opts), title=title, title_align="left"))
+        if not result.submission:
+            title = "working tree diff (nothing submitted)"
+        else:
+            title = "submission" if result.graded else "submission (not graded: the episode did not finish)"
+        lexer = "diff" if diff.lstrip().startswith("diff") else "python"
+        parts.append(Panel(_code(diff, lexer, opts), title=title, title_align="left"))
     return Group(*parts)
 
 
@@ -337,7 +341,7 @@ def show_list(target: Target, console: Console) -> None:
     else:
         console.print(
             Text.assemble(
-                (result.status.value, "green" if result.submission else "red"),
+                (result.status.value, "green" if result.graded else ("yellow" if result.submission else "red")),
                 f" · {result.turns} turns · {result.elapsed:.1f}s · {result.tokens.completion} generated tokens",
             )
         )
