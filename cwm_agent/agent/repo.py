@@ -31,11 +31,13 @@ def checkout_copy(source: str, revision: str | None, dest: Path) -> str:
     local = Path(source).expanduser()
     if local.exists():
         try:
-            git.Repo(local)
+            has_commits = git.Repo(local).head.is_valid()
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
             raise RepoError(
                 f"{source} is not a git repository (run `git init && git add -A && git commit` there first)"
             ) from None
+        if not has_commits and not revision:
+            raise RepoError(f"{source} has no commits yet: commit the code first (`git add -A && git commit`)")
         source = str(local.resolve())
     elif not _looks_like_url(source):
         raise RepoError(f"{source} does not exist: pass a local git checkout or a git URL") from None
@@ -48,6 +50,8 @@ def checkout_copy(source: str, revision: str | None, dest: Path) -> str:
             repo.git.checkout("--quiet", "--detach", revision)
         except git.GitCommandError:
             raise RepoError(f"revision {revision!r} does not exist in {source}") from None
+    if not repo.head.is_valid():
+        raise RepoError(f"{source} has no commits to check out: pass --commit, or commit the code first")
     sha = repo.head.commit.hexsha
     for remote in repo.remotes:
         repo.delete_remote(remote)

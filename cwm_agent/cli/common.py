@@ -49,6 +49,19 @@ def check_output_dir(path: Path, flag: str = "--output") -> None:
         raise UsageError(f"{flag} {path} is a file; pass a directory.")
 
 
+def make_output_dir(path: Path, flag: str = "--output") -> None:
+    """`check_output_dir`, then make the directory and check this process can write in it."""
+    import tempfile
+
+    check_output_dir(path, flag)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write {flag} {path}: {exc.strerror or exc}; pass a writable directory.") from None
+
+
 def parse_set_options(pairs: Optional[list[str]]) -> dict[str, Any]:
     """`-c agent.max_turns=10 -c sampling.seed=3` as nested dicts; values are read as YAML scalars."""
     nested: dict[str, Any] = {}

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from cwm_agent.cli.common import make_output_dir
 from cwm_agent.cli.console import err
 from cwm_agent.cli.console import user_error as _fail
 
@@ -27,6 +28,11 @@ def _read_issue(issue: str) -> str:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise _fail(f"--issue {issue}: cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise _fail(
+                f"--issue {issue}: {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                f"{exc.start}); save it as UTF-8"
+            ) from None
     else:
         text = issue
     if not text.strip():
@@ -209,7 +215,7 @@ def demo(
     from cwm_agent.swebench.tasks import instance_task
 
     output_dir = output or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(output_dir, "-o")
     try:
         out.print("preparing the demo image (first time: a few seconds) ...")
         instance = demo_instance(build_demo_image())

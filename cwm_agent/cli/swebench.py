@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cwm_agent.cli.common import split_ids
+from cwm_agent.cli.common import make_output_dir, split_ids
 from cwm_agent.cli.console import err
 from cwm_agent.cli.console import user_error as _fail
 
@@ -80,7 +80,7 @@ def eval_command(
     preds = [p for p in preds if p.instance_id in known]
     if not preds:
         raise _fail(f"no prediction matches an instance of {dataset}.")
-    _check_writable(output)
+    make_output_dir(output, "--output")
 
     options = EvalOptions(
         timeout=timeout,
@@ -127,22 +127,6 @@ def eval_command(
             )
             raise typer.Exit(cleanup.exit_code(received[0] if received else None)) from None
     _print_summary(summary, output)
-
-
-def _check_writable(output: Path) -> None:
-    """--output must be a directory this process can write (made when missing)."""
-    import tempfile
-
-    from cwm_agent.cli.common import UsageError
-
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"--output {output} is a file; pass a directory.")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output):
-            pass
-    except OSError as exc:
-        raise UsageError(f"cannot write --output {output}: {exc.strerror or exc}; pass a writable directory.") from None
 
 
 def _print_summary(summary: dict, output: Path) -> None:
