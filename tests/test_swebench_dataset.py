@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -21,7 +22,10 @@ VERIFIED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "swe
 @pytest.fixture(scope="module")
 def verified() -> list[SWEBenchInstance]:
     if not VERIFIED.is_file():
-        pytest.fail(f"{VERIFIED} is missing (the SWE-bench Verified split shipped with the project's shared data).")
+        reason = f"{VERIFIED} is missing (SWE-bench Verified, from the shared data beside the checkout)"
+        if os.environ.get("CWM_AGENT_REQUIRE_SHARED") == "1":  # .ci/run: the shared data must be there
+            pytest.fail(reason)
+        pytest.skip(reason)
     return load_instances(VERIFIED)
 
 
