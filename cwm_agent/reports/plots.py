@@ -67,7 +67,7 @@ def histogram(values: list[float], title: str, integer: bool = False, bins: int 
     parts.append(f'<text class="plot-axis" x="{PAD_LEFT}" y="{base + 14}">{_fmt(table[0][0], integer)}</text>')
     parts.append(
         f'<text class="plot-axis" x="{WIDTH - 8}" y="{base + 14}" text-anchor="end">'
-        f"{_fmt(table[-1][1], integer)}</text>"
+        f"{_fmt(table[-1][1] - 1 if integer else table[-1][1], integer)}</text>"
     )
     parts.append(
         f'<text class="plot-axis" x="{WIDTH / 2}" y="{base + 28}" text-anchor="middle">{len(values)} work items</text>'

@@ -116,9 +116,10 @@ def locate(
             raise ShowError(f"{path} holds no trajectory.jsonl and is not a run folder; pass a trajectory file")
         return Target(trajectory, _solve_evaluation(path, eval_dir))
     if path.parent.name == "trajectories" and is_run_folder(path.parent.parent):
-        instance, _, _ = split_item_id(path.stem)
-        folder = (eval_dir or path.parent.parent / "eval") / instance
-        return Target(path, load_evaluation(folder) if path.stem == instance else None)
+        instance, kind, rollout = split_item_id(path.stem)
+        root = eval_dir or path.parent.parent / "eval"
+        folder = root / instance if rollout == 0 else root / f"rollout-{rollout}" / instance
+        return Target(path, load_evaluation(folder) if kind == "patch" else None)
     return Target(path, _solve_evaluation(path.parent, eval_dir) if path.name == "trajectory.jsonl" else None)
 
 
