@@ -14,11 +14,12 @@ How the Ray executor places work. Each node says how many sandboxes it can hold 
 resource, `ray start ... --resources '{"sandbox_slots": N}'`; every item asks for one slot, so a node
 never runs more than N items and a node without the resource gets none. Images are per node (each
 node has its own Docker engine), so `open` runs a *census* task on every node with slots (pinned to
-it) that answers whether its engine is up and which of the run's images it has. An item whose image
-every usable node has is placed by Ray alone (and retried by Ray alone when its node is lost:
-`max_retries`); an item whose image only some nodes have is pinned (hard node affinity) to the one of
-those with the fewest of our items per slot; a node whose engine does not answer gets nothing. An
-item whose image no node has runs anywhere and ends as the `image_error` it would end as locally.
+it) that answers whether its engine is up and which of the run's images it has. While every node with
+slots is usable and has the item's image, Ray alone places the item (and retries it alone when its
+node is lost: `max_retries`); otherwise the item is pinned (hard node affinity) to the usable node
+with its image that has the fewest of our items per slot, so a node whose engine does not answer, or
+that lacks the image, gets nothing. An item whose image no node has runs on any usable node and ends
+as the `image_error` it would end as locally. Nodes that join after `open` are not counted in.
 
 Files. On a Ray worker an item writes into a temporary folder (`Place.out_dir`): its trajectory is
 written there turn by turn, and at the end it is returned as content with every other file the item
@@ -282,6 +283,8 @@ class RayExecutor:
         self._ray: Any = None
         self._actor: Any = None
         self._running: dict[str, asyncio.Future] = {}
+        self._slot_nodes = 0
+        """Alive nodes with sandbox slots at `open` (when all are usable and hold an image, Ray places the item)."""
         self._out_dir: Path | None = None
 
     @property
@@ -334,6 +337,7 @@ class RayExecutor:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         alive = self._alive()
+        self._slot_nodes = len(alive)
         if not alive:
             raise ExecutorError(
                 f"no node of the Ray cluster offers sandbox slots: start nodes with "
@@ -386,13 +390,14 @@ class RayExecutor:
         self._task = ray.remote(_run_on_worker)
 
     def _pin(self, images: Sequence[str] | None) -> _Node | None:
-        """The node to pin an item to; None: let Ray place it (every usable node has an image, or none)."""
-        if not images:
+        """The node to pin an item to; None: let Ray place it (every node with slots may run it)."""
+        candidates = list(self.nodes.values())
+        having = [n for n in candidates if images and n.images.intersection(images)]
+        if having:  # else no node has the image: any usable node (it ends as an image_error there)
+            candidates = having
+        if len(candidates) == self._slot_nodes:
             return None
-        having = [n for n in self.nodes.values() if n.images.intersection(images)]
-        if not having or len(having) == len(self.nodes):
-            return None
-        return min(having, key=lambda n: (n.in_flight / n.slots, n.node_id))
+        return min(candidates, key=lambda n: (n.in_flight / n.slots, n.node_id))
 
     async def submit(
         self, item: Any, fn: ItemFn, make_ctx: MakeCtx, *, key: str, images: Sequence[str] | None = None
