@@ -24,15 +24,18 @@ from tts_scenario import (
     MORE_ALT,
     MORE_BREAKING,
     RESOLVED,
+    SEED,
     SIX,
     SIX_GOLD,
     TESTS,
     K,
-    write_run,
+    TTSPolicy,
 )
 
+from cwm_agent.model.scripted_server import ScriptedServer
 from cwm_agent.sandbox.base import OWNER_PID_LABEL
 from cwm_agent.swebench.local import INSTANCES_FILE
+from cwm_agent.tts.patches import patch_id
 
 pytestmark = pytest.mark.docker
 _launched: list[int] = []
@@ -89,7 +92,21 @@ def no_container_left():
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, local_images) -> Path:
-    return write_run(tmp_path_factory.mktemp("tts") / "run", INSTANCES_FILE)
+    """`swebench run --rollouts 7 --test-rollouts 5` with the scripted model playing the scenario."""
+    out = tmp_path_factory.mktemp("tts") / "run"
+    with ScriptedServer(policy=TTSPolicy(local_images)) as server:
+        result, _ = swebench(
+            "run", "--dataset", str(INSTANCES_FILE), "--output", str(out), "--workers", "4",
+            "--model-url", server.url, "--rollouts", str(K), "--test-rollouts", str(max(map(len, TESTS.values()))),
+            "--seed", str(SEED), "-c", "agent.max_turns=5",
+        )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+def ids(preds_path: Path) -> dict[str, str | None]:
+    """instance -> the normalised id of its predicted patch (None: empty)."""
+    return {p["instance_id"]: patch_id(p["model_patch"]) if p["model_patch"] else None for p in lines(preds_path)}
 
 
 @pytest.fixture(scope="module")
@@ -103,21 +120,21 @@ def cwm_select(run_dir):
 
 def test_cwm_picks_a_correct_patch_and_breaks_ties_by_majority_then_tokens(cwm_select):
     preds_path, result, created = cwm_select
-    preds = {p["instance_id"]: p for p in lines(preds_path)}
+    preds = ids(preds_path)
     why = {w["instance_id"]: w for w in lines(preds_path.with_name("cwm.why.jsonl"))}
     assert set(preds) == {INFLECTION, SIX, MORE}
-    assert all(p["model_name_or_path"] == "scripted+tts-cwm" for p in preds.values())
+    assert all(p["model_name_or_path"].endswith("+tts-cwm") for p in lines(preds_path))
     # inflection: the wrong patch is the majority (3 of 7), but only the gold one passes the good test.
-    assert preds[INFLECTION]["model_patch"] == INFL_GOLD
+    assert preds[INFLECTION] == patch_id(INFL_GOLD)
     assert why[INFLECTION]["rollouts"] == [3, 4]  # whitespace-only variant merged with it
     assert why[INFLECTION]["scores"][why[INFLECTION]["patch_id"]]["generated"] == 1
     # six: no generated test kept; three patches pass every regression test: the majority one wins.
-    assert preds[SIX]["model_patch"] == SIX_GOLD
+    assert preds[SIX] == patch_id(SIX_GOLD)
     assert "the majority patch (2 rollouts)" in why[SIX]["reason"]
     # more-itertools: two correct patches tie on tests and on votes: the one with fewer tokens wins,
     # and the majority patch (3 rollouts) loses because it breaks the existing tests.
-    assert preds[MORE]["model_patch"] == MORE_ALT
-    assert "the fewest tokens (500)" in why[MORE]["reason"]
+    assert preds[MORE] == patch_id(MORE_ALT)
+    assert "the fewest tokens" in why[MORE]["reason"]
     breaking = [pid for pid, s in why[MORE]["scores"].items() if s["votes"] == 3]
     assert why[MORE]["scores"][breaking[0]]["regression"] < why[MORE]["execution"]["regression"]["tests"]
     # one container per distinct patch plus one for the unpatched repository, per instance
@@ -157,8 +174,7 @@ def test_majority_picks_the_most_frequent_patch(run_dir):
     result, created = swebench("select", "--run", str(run_dir), "--strategy", "majority", "-o", str(preds_path))
     assert result.returncode == 0, result.stderr
     assert created == 0  # majority needs no execution
-    preds = {p["instance_id"]: p["model_patch"] for p in lines(preds_path)}
-    assert preds == {INFLECTION: INFL_WRONG, SIX: SIX_GOLD, MORE: MORE_BREAKING}
+    assert ids(preds_path) == {INFLECTION: patch_id(INFL_WRONG), SIX: patch_id(SIX_GOLD), MORE: patch_id(MORE_BREAKING)}
     why = {w["instance_id"]: w for w in lines(run_dir / "sel" / "majority.why.jsonl")}
     assert why[INFLECTION]["reason"] == "produced by 3 of 7 rollouts, the most"
 

@@ -4,6 +4,7 @@ regression-file choice, the run folder read back, the strategies' rules, and plu
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -166,6 +167,20 @@ def test_the_run_folder_is_read_back(tmp_path: Path):
         load_candidates(tmp_path / "missing")
     with pytest.raises(RunFolderError, match="no preds"):
         load_candidates(tmp_path / "preds")
+
+
+def test_a_folder_a_run_is_still_writing_is_refused(tmp_path: Path):
+    from cwm_agent.runs.folder import RunLock
+
+    (tmp_path / "preds.jsonl").write_text(json.dumps({"instance_id": "i", "model_patch": PATCH}) + "\n")
+    lock = RunLock(tmp_path / "run.lock")
+    lock.acquire()
+    try:
+        with pytest.raises(RunFolderError, match=f"a run \\(pid {os.getpid()}\\) is still writing it"):
+            load_candidates(tmp_path)
+    finally:
+        lock.release()
+    assert [i.instance_id for i in load_candidates(tmp_path)] == ["i"]  # a lock left by an ended run: fine
 
 
 if __name__ == "__main__":

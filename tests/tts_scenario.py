@@ -1,4 +1,4 @@
-"""A test-time-scaling run folder on the local instances, written from scripted episodes.
+"""A test-time-scaling scenario on the local instances, played by a scripted model in `swebench run`.
 
 Seven patch rollouts and a few test rollouts per instance, with known outcomes:
 
@@ -9,14 +9,15 @@ Seven patch rollouts and a few test rollouts per instance, with known outcomes:
 - six: the gold patch (0, 1), another correct patch (2), a harmless wrong one (3), empty (4-6).
   Generated tests: one that does not reproduce, one without 'Issue resolved', one printing
   'Other issues': none is kept, so only the regression tests count and the patches tie.
-- more-itertools: the gold patch (0, 900 tokens), another correct patch (1, 500 tokens), a patch
+- more-itertools: the gold patch (0, made longer by its thinking), another correct patch (1), a patch
   breaking the existing tests (2-4), empty (5, 6). Generated test: a good one (0).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from gold_policy import ASSISTANT_HEADER, GoldPolicy
+
+from cwm_agent.model.scripted_server import Fault, ScriptedRequest
 
 INFLECTION, SIX, MORE = "cwm-local__inflection-1", "cwm-local__six-1", "cwm-local__more-itertools-1"
 K = 7
@@ -131,7 +132,6 @@ PATCHES = {
     SIX: [SIX_GOLD, SIX_GOLD, SIX_ALT, SIX_WRONG, "", "", ""],
     MORE: [MORE_GOLD, MORE_ALT, MORE_BREAKING, MORE_BREAKING, MORE_BREAKING, "", ""],
 }
-TOKENS = {INFLECTION: [1000] * K, SIX: [1000] * K, MORE: [900, 500, 300, 300, 300, 100, 100]}
 TESTS = {
     INFLECTION: [INFL_TEST_GOOD, INFL_TEST_GOOD, INFL_TEST_WRONG, INFL_TEST_NOREPRO, INFL_TEST_SYNTAX],
     SIX: [SIX_TEST_NOREPRO, SIX_TEST_MISSING, SIX_TEST_OTHER],
@@ -141,42 +141,48 @@ RESOLVED = {INFLECTION: {3, 4}, SIX: {0, 1, 2}, MORE: {0, 1}}
 """Rollouts whose patch the official evaluation resolves (by construction)."""
 
 
-def write_run(run_dir: Path, dataset: Path) -> Path:
-    """The run folder `swebench run --rollouts 7 --test-rollouts N` would write for these episodes."""
-    (run_dir / "preds").mkdir(parents=True, exist_ok=True)
-    results = []
-    for k in range(K):
-        lines = []
-        for iid, patches in PATCHES.items():
-            patch = patches[k]
-            lines.append({"instance_id": iid, "model_name_or_path": "scripted", "model_patch": patch})
-            results.append({
-                "instance_id": iid, "kind": "patch", "rollout": k, "item_id": iid if k == 0 else f"{iid}.patch-{k}",
-                "status": "submitted" if patch else "turn_limit", "graded": bool(patch), "detail": "",
-                "submission": patch or None, "turns": 4,
-                "tokens": {"prompt": 4 * TOKENS[iid][k], "completion": TOKENS[iid][k] // 10, "cached": None,
-                           "context": TOKENS[iid][k]},
-                "model_seconds": 1.0, "tool_seconds": 1.0, "elapsed": 3.0, "endpoint": "http://127.0.0.1:1/v1",
-            })  # fmt: skip
-        text = "".join(json.dumps(line) + "\n" for line in lines)
-        (run_dir / "preds" / f"rollout-{k}.jsonl").write_text(text)
-        if k == 0:
-            (run_dir / "preds.jsonl").write_text(text)
-    for iid, tests in TESTS.items():
-        for k, source in enumerate(tests):
-            results.append({
-                "instance_id": iid, "kind": "test", "rollout": k, "item_id": f"{iid}.test-{k}",
-                "status": "submitted", "graded": True, "detail": "", "submission": source, "turns": 3,
-                "tokens": {"prompt": 2000, "completion": 200, "cached": None, "context": 800},
-                "model_seconds": 1.0, "tool_seconds": 0.5, "elapsed": 2.0, "endpoint": "http://127.0.0.1:1/v1",
-            })  # fmt: skip
-    (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
-    manifest = {
-        "run_ids": ["scripted"],
-        "dataset": {"source": str(dataset), "filters": {}, "instances": len(PATCHES)},
-        "model": {"urls": ["http://127.0.0.1:1/v1"], "id": "scripted"},
-        "rollouts": K,
-        "test_rollouts": max(len(t) for t in TESTS.values()),
-    }
-    (run_dir / "run.json").write_text(json.dumps(manifest, indent=2))
-    return run_dir
+SEED = 0
+PAD = {(MORE, 0): "Let me think this through at length. " * 80}
+"""Thinking that makes a rollout longer (so its patch loses the fewest-tokens tie-break)."""
+
+
+def _patch_steps(patch: str, pad: str) -> list[str]:
+    """Write the patch; where it applies, submit `git diff` of the result (as an agent would), else the file."""
+    return [
+        f"{pad}I will write the change.\n</think>\n<tool: create>\n/tmp/fix.patch\n{patch}\n</tool>",
+        f"{pad}Apply it.\n</think>\n<tool: bash>\ncd /testbed && if git apply /tmp/fix.patch; then "
+        "git diff > /tmp/fix.patch; fi; true\n</tool>",
+        f"{pad}Submit.\n</think>\n<tool: submit>\n/tmp/fix.patch\n</tool>",
+        f"{pad}Done.\n</think>\nSubmitted.",
+    ]
+
+
+def _test_steps(source: str) -> list[str]:
+    return [
+        f"A reproduction test.\n</think>\n<tool: create>\n/testbed/test_issue.py\n{source}</tool>",
+        "Submit it.\n</think>\n<tool: submit>\n/testbed/test_issue.py\n</tool>",
+        "Done.\n</think>\nThe test is submitted.",
+    ]
+
+
+class TTSPolicy(GoldPolicy):
+    """Plays the scenario: the instance from the issue text, the rollout from the request's seed (run with
+    `--seed SEED`), the episode's kind from its task text. An empty patch or a missing test is an episode
+    that never submits (it ends on the turn limit, so CWM would not grade it)."""
+
+    def __call__(self, request: ScriptedRequest):
+        instance = self.instance_for(request.prompt)
+        if instance is None:
+            return Fault.http(400, "tts policy: the prompt holds none of the known issues")
+        iid = instance.instance_id
+        rollout = int(request.body.get("seed") or SEED) - SEED
+        turn = request.prompt.count(ASSISTANT_HEADER) - 1
+        if "test_issue.py" in request.prompt.split(ASSISTANT_HEADER, 1)[0]:
+            tests = TESTS[iid]
+            steps = _test_steps(tests[rollout]) if rollout < len(tests) else None
+        else:
+            patch = PATCHES[iid][rollout]
+            steps = _patch_steps(patch, PAD.get((iid, rollout), "")) if patch else None
+        if steps is None:
+            return f"Look around (step {turn}).\n</think>\n<tool: bash>\nls /testbed | head -3\n</tool>"
+        return steps[min(turn, len(steps) - 1)]

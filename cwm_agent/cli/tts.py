@@ -121,7 +121,7 @@ def _print_report(report, names: list[str], run: Path) -> None:
     from rich.table import Table
 
     table = Table(title="Test-time scaling", show_header=True)
-    table.add_column("instance")
+    table.add_column("instance", no_wrap=True)
     table.add_column("rollouts", justify="right")
     table.add_column("pass@1", justify="right")
     table.add_column("pass@k", justify="right")

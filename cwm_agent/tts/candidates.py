@@ -1,7 +1,7 @@
 """An instance's rollouts read back from a run folder, and its distinct candidate patches.
 
 Patches come from the official predictions of each rollout (`preds/rollout-<k>.jsonl`, or
-`preds.jsonl` for a one-rollout run): "" there means CWM would not grade the episode, so it is no
+`preds.jsonl` for rollout 0): "" there means CWM would not grade the episode, so it is no
 candidate. Generated tests come from the `test` lines of `results.jsonl` that CWM would grade. Tokens
 come from `results.jsonl`; a rollout's size is its final dialogue (`tokens.context`).
 """
@@ -88,14 +88,15 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def rollout_pred_files(run_dir: Path) -> dict[int, Path]:
-    """rollout -> its predictions file (`preds/rollout-<k>.jsonl`, else `preds.jsonl` as rollout 0)."""
+    """rollout -> its predictions file: `preds.jsonl` is rollout 0 (`swebench run` writes
+    `preds/rollout-<k>.jsonl` for the others; a `preds/rollout-0.jsonl` is used when present)."""
     found: dict[int, Path] = {}
     for path in sorted((run_dir / "preds").glob("rollout-*.jsonl")):
         try:
             found[int(path.stem.split("-", 1)[1])] = path
         except ValueError:
             continue
-    if not found and (run_dir / "preds.jsonl").exists():
+    if 0 not in found and (run_dir / "preds.jsonl").exists():
         found[0] = run_dir / "preds.jsonl"
     return dict(sorted(found.items()))
 
@@ -114,6 +115,7 @@ def load_candidates(run_dir: Path, instance_ids: list[str] | None = None) -> lis
     """Every instance of the run (or of `instance_ids`), in the order of the rollout-0 predictions."""
     if not run_dir.is_dir():
         raise RunFolderError(f"--run {run_dir}: no such directory; pass the output folder of `swebench run`.")
+    check_not_running(run_dir)
     pred_files = rollout_pred_files(run_dir)
     if not pred_files:
         raise RunFolderError(
@@ -169,6 +171,24 @@ def load_candidates(run_dir: Path, instance_ids: list[str] | None = None) -> lis
         if unknown:
             raise RunFolderError(f"--instance-ids: not in the run: {', '.join(unknown)}")
     return list(by_id.values())
+
+
+def check_not_running(run_dir: Path) -> None:
+    """Refuse a folder a run is still writing: its rollouts are not all in yet."""
+    from cwm_agent.runs.folder import LOCK, RunLock
+    from cwm_agent.runs.folder import RunFolderError as Locked
+
+    if not (run_dir / LOCK).exists():
+        return
+    lock = RunLock(run_dir / LOCK)
+    try:
+        lock.acquire()
+    except Locked:
+        holder = (run_dir / LOCK).read_text(errors="replace").strip() or "unknown"
+        raise RunFolderError(
+            f"--run {run_dir}: a run (pid {holder}) is still writing it; select when it has ended."
+        ) from None
+    lock.release()
 
 
 def read_manifest(run_dir: Path) -> dict:

@@ -31,11 +31,13 @@ class Selection:
 
 def run_dataset(run_dir: Path, dataset: str | None, instance_ids: list[str]) -> dict[str, SWEBenchInstance]:
     """The run's instances, from `dataset` or the source named in run.json."""
-    source = dataset or (read_manifest(run_dir).get("dataset") or {}).get("source")
+    info = read_manifest(run_dir).get("dataset") or {}
+    source = dataset or info.get("source")
     if not source:
         raise RunFolderError(f"{run_dir}/run.json names no dataset; pass --dataset FILE.")
+    split = (info.get("split") if not dataset else None) or "test"
     wanted = set(instance_ids)
-    rows = [i for i in load_instances(source) if i.instance_id in wanted]
+    rows = [i for i in load_instances(source, split=split) if i.instance_id in wanted]
     missing = wanted - {i.instance_id for i in rows}
     if missing:
         raise RunFolderError(f"--dataset {source}: lacks the run's instances {', '.join(sorted(missing))}.")
