@@ -100,8 +100,7 @@ def ours(instances, cands, workers: int, regression: bool, client) -> tuple[floa
 def _one_fresh(instance, image, patch: str | None, test: GeneratedTest | None, files, client) -> str:
     """One (patch, test) in its own fresh container, as the official harness runs one evaluation."""
     command = suite_command(instance)
-    with DockerSandbox(_sandbox_config(image, ExecOptions(run_id="tts-bench-peer")), client) as box:
-        box.run("\n".join([*command.setup, "PY=$(command -v python || command -v python3)"]), timeout=300)
+    with DockerSandbox(_sandbox_config(image, ExecOptions(run_id="tts-bench-peer"), command.setup), client) as box:
         if patch is not None:
             box.write_file("/tmp/candidate.patch", patch.encode())
             if not any(box.run(f"cd {REPO_DIR} && {a} /tmp/candidate.patch").exit_code == 0 for a in APPLY_COMMANDS):

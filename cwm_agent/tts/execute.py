@@ -159,8 +159,11 @@ class ExecStats:
     """(patch, test) outcomes computed in containers (a regression suite run counts once)."""
 
 
-def _sandbox_config(image: str, options: ExecOptions) -> SandboxConfig:
+def _sandbox_config(image: str, options: ExecOptions, setup: list[str] | None = None) -> SandboxConfig:
+    """`setup` runs when the shell starts, and again when a test past its timeout forces a new shell."""
+    startup = ["\n".join([*setup, "PY=$(command -v python || command -v python3)"])] if setup else []
     return SandboxConfig(
+        startup_commands=startup,
         image=image,
         workdir=REPO_DIR,
         network="none",
@@ -257,8 +260,7 @@ class Executor:
         started = time.monotonic()
         runs = 0
         try:
-            with DockerSandbox(_sandbox_config(image, opts), self.client) as box:
-                box.run("\n".join([*command.setup, "PY=$(command -v python || command -v python3)"]), timeout=300)
+            with DockerSandbox(_sandbox_config(image, opts, command.setup), self.client) as box:
                 if job.patch is not None:
                     box.write_file("/tmp/candidate.patch", job.patch.encode("utf-8"))
                     used = ""
