@@ -238,3 +238,51 @@ def test_a_dead_model_server_stops_the_batch_with_exit_4(local_images, tmp_path)
     results = lines(out / "results.jsonl")
     assert len(results) == 1 and results[0]["status"] == "submitted"  # the rest were neither run nor recorded
     assert containers_of(proc.pid) == []
+
+
+def test_in_a_terminal_the_run_shows_its_running_items_live(model, tmp_path):
+    """`swebench run` in a pseudo-terminal: the block names the running items with their turn, its clock
+    moves, and the summary follows; no traceback, no status line spam."""
+    import fcntl
+    import pty
+    import re
+    import select
+    import struct
+    import termios
+
+    server, _ = model
+    server.latency = 0.4
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
+    args = ["swebench", "run", "--dataset", str(INSTANCES_FILE), "--output", str(tmp_path / "run"),
+            "--model-url", server.url, "--workers", "2"]  # fmt: skip
+    proc = subprocess.Popen([*cli(), *args], stdin=slave, stdout=slave, stderr=slave, env={**env, "TERM": "xterm"})
+    _launched.append(proc.pid)
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=30)
+    finally:
+        server.latency = 0.0
+        os.close(master)
+    screen = b"".join(chunks).decode("utf-8", errors="replace")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)
+    assert proc.returncode == 0, text
+    assert re.search(r"cwm-local__\S+ +turn +[1-4] +0:00:0\d", text), text
+    assert "elapsed 0:00:01" in text and "elapsed 0:00:02" in text
+    assert "3/3 work items done" in text and "Traceback" not in text
+    assert "\x1b[" in screen  # redrawn in place

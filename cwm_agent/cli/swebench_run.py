@@ -27,8 +27,19 @@ def run_command(
         ..., "--output", "-o", help="Run directory (run.json, results.jsonl, preds.jsonl, trajectories/)."
     ),
     workers: int = typer.Option(4, "--workers", "-w", min=1, help="Work items run at once (one sandbox each)."),
-    model_url: Optional[str] = typer.Option(
-        None, "--model-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."
+    model_urls: Optional[List[str]] = typer.Option(
+        None,
+        "--model-url",
+        help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; repeat for several servers of one model.",
+    ),
+    model_urls_file: Optional[Path] = typer.Option(
+        None, "--model-urls-file", help="A file of model server URLs, one per line (with or instead of --model-url)."
+    ),
+    executor_name: str = typer.Option(
+        "local", "--executor", help="Where work items run: local (this host, -w at once) or ray (a Ray cluster)."
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="The Ray cluster's address HOST:PORT (default: the one this host belongs to)."
     ),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML config (see `cwm-agent config`)."),
     set_options: Optional[List[str]] = typer.Option(None, "-c", "--set", help=SET_HELP),
@@ -77,16 +88,20 @@ def run_command(
     from cwm_agent.agent.config import load_config
     from cwm_agent.cli.common import merge
     from cwm_agent.model.client import ModelError
+    from cwm_agent.model.endpoints import endpoint_urls
     from cwm_agent.runs.batch import exit_code
     from cwm_agent.runs.display import LiveDisplay
+    from cwm_agent.runs.executor import make_executor
     from cwm_agent.runs.summary import summary_lines
     from cwm_agent.sandbox.base import SandboxError
     from cwm_agent.sandbox.cleanup import sigterm_as_interrupt, sweep_run
     from cwm_agent.swebench.batch import SWEBenchRun, check_unique
     from cwm_agent.swebench.dataset import load_instances
 
-    overrides = merge(parse_set_options(set_options), {"model": {"url": model_url} if model_url else {}})
+    urls = endpoint_urls(model_urls, model_urls_file)
+    overrides = merge(parse_set_options(set_options), {"model": {"url": urls[0]} if urls else {}})
     config = load_config(config_file, overrides)
+    executor = make_executor(executor_name, ray_address)
     filters = {"instance_ids": split_ids(instance_ids), "repos": split_ids(repos), "slice": slice_,
                "shuffle_seed": shuffle_seed}  # fmt: skip
     instances = load_instances(dataset, split=split, **filters)
@@ -112,6 +127,8 @@ def run_command(
         registry_prefix=registry_prefix,
         allow_pull=allow_pull,
         run_id=uuid.uuid4().hex[:12],
+        urls=urls,
+        executor=executor,
     )
 
     def announce(batch) -> None:  # noqa: ANN001

@@ -75,6 +75,9 @@ class BatchRun:
     on_finish: Callable[[list[ItemRecord]], None] | None = None
     """Called with every record in the run's order after results.jsonl is rewritten (e.g. to write preds)."""
     runner: Runner = run_work_item
+    server_check: Callable[[], Awaitable[str | None]] | None = None
+    """After an item's model error: None when the model server(s) still answer, else why not (the batch
+    then stops). Default: ask the shared client's server, when there is one."""
     progress: RunProgress = field(init=False)
 
     def __post_init__(self) -> None:
@@ -166,11 +169,13 @@ class BatchRun:
                 record = record.model_copy(update={"settings": self.settings})
             if result.error_trace:
                 log.error("%s: %s\n%s", item.item_id, record.detail, result.error_trace.rstrip())
-            if record.status == "model_error" and model is not None and await _server_gone(model):
-                # The item ran into a dead server: not the item's result, and no further item may start.
-                progress.finish_uncounted(item.item_id)
-                self._stop(f"the model server at {model.url} stopped answering: {record.detail}", stop, display)
-                return
+            if record.status == "model_error":
+                gone = await self._server_gone(model)
+                if gone is not None:
+                    # The item ran into a dead server: not the item's result, and no further item may start.
+                    progress.finish_uncounted(item.item_id)
+                    self._stop(f"{gone} (the item's error: {record.detail})", stop, display)
+                    return
             appender.append(record)
             if self.on_record is not None:
                 self.on_record(record)
@@ -202,6 +207,11 @@ class BatchRun:
         if failure is not None:
             raise failure
 
+    async def _server_gone(self, model: ModelClient | None) -> str | None:
+        if self.server_check is not None:
+            return await self.server_check()
+        return await server_gone(model) if model is not None else None
+
     def _stop(self, reason: str, stop: asyncio.Event, display: LiveDisplay | None) -> None:
         if self.progress.stopped is None:
             self.progress.stopped = reason
@@ -211,10 +221,10 @@ class BatchRun:
         stop.set()
 
 
-async def _server_gone(model: ModelClient) -> bool:
-    """After an item's model error: does the server still answer at all?"""
+async def server_gone(model: ModelClient) -> str | None:
+    """None when `model`'s server answers, else why it counts as gone."""
     try:
         await model.check()
-    except ModelError:
-        return True
-    return False
+    except ModelError as exc:
+        return f"the model server at {model.url} stopped answering: {exc}"
+    return None

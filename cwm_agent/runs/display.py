@@ -54,7 +54,8 @@ def endings_line(p: RunProgress) -> str:
 
 def tokens_line(p: RunProgress) -> str:
     cached = f" ({_count(p.tokens.cached)} cached)" if p.tokens.cached is not None else ""
-    return f"tokens: {p.tokens.prompt:,} processed{cached}, {p.tokens.completion:,} generated"
+    rate = f" ({p.tokens.completion / p.elapsed:,.0f}/s)" if p.elapsed >= 1 and p.tokens.completion else ""
+    return f"tokens: {p.tokens.prompt:,} processed{cached}, {p.tokens.completion:,} generated{rate}"
 
 
 def item_line(record: ItemRecord, p: RunProgress) -> str:

@@ -18,15 +18,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from pydantic import BaseModel
 
 from cwm_agent.agent.config import RunConfig
 from cwm_agent.errors import UserError
-from cwm_agent.model.client import ModelClient
+from cwm_agent.model.client import ModelError
+from cwm_agent.model.endpoints import EndpointPool
 from cwm_agent.runs.batch import BatchRun
 from cwm_agent.runs.display import LiveDisplay
+from cwm_agent.runs.executor import LocalExecutor, work_runner
 from cwm_agent.runs.folder import DatasetInfo, Manifest, ModelInfo, RunFolder, ids_hash, row_hash, write_if_changed
 from cwm_agent.runs.progress import RunProgress
 from cwm_agent.runs.work import ImageLookup, ItemRecord, WorkItem, item_id_for
@@ -120,12 +122,16 @@ class SWEBenchRun:
     registry_prefix: str | None = None
     allow_pull: bool = False
     run_id: str = ""
+    urls: list[str] | None = None
+    """Model servers of the same model (None: the config's `model.url`); rollouts are spread over them."""
+    executor: Any = None
+    """Where items run (`cwm_agent.runs.executor`); None: this process."""
 
     def __post_init__(self) -> None:
         self.run_id = self.run_id or uuid.uuid4().hex[:12]
         self.folder = RunFolder(self.output)
 
-    def manifest(self, model_id: str, config: RunConfig) -> Manifest:
+    def manifest(self, model_id: str, config: RunConfig, urls: list[str] | None = None) -> Manifest:
         return Manifest(
             kind="swebench",
             run_ids=[self.run_id],
@@ -137,7 +143,7 @@ class SWEBenchRun:
                 ids_hash=ids_hash(i.instance_id for i in self.instances),
                 rows={i.instance_id: row_hash(i.as_dict()) for i in self.instances},
             ),
-            model=ModelInfo(id=model_id, urls=[config.model.url]),
+            model=ModelInfo(id=model_id, urls=urls or [config.model.url]),
             config=config.model_dump(mode="json"),
             rollouts=self.rollouts,
             test_rollouts=self.test_rollouts,
@@ -191,24 +197,39 @@ class SWEBenchRun:
                 self.folder.close()
             return SWEBenchResult(batch.progress, self._written, self.run_id, self.folder)
         size_thread_pool(self.workers)
-        async with ModelClient(self.config.model) as model:
+        urls = self.urls or [self.config.model.url]
+        pool = EndpointPool(self.config.model, urls)
+        try:
             # Asked even when the config names the model: an unreachable server fails here in seconds,
             # before any file is written, not once per instance after minutes of retries.
-            model_id = await model.check()
-            config = self.config.model_copy(update={"model": self.config.model.model_copy(update={"model": model_id})})
-            manifest = self.manifest(model_id, config)
-            _, diffs = self.folder.open(manifest, self.allow_mixed)
+            model_id = await pool.check()
+        finally:
+            await pool.aclose()
+        config = self.config.model_copy(
+            update={"model": self.config.model.model_copy(update={"model": model_id, "url": pool.urls[0]})}
+        )
+        manifest = self.manifest(model_id, config, pool.urls)
+        _, diffs = self.folder.open(manifest, self.allow_mixed)
+        executor = self.executor or LocalExecutor()
+        try:
+            images = sorted({name for item in items if item.image for name in item.image.candidates})
+            await executor.open(self.output, endpoints=len(pool.urls), images=images)
+            batch.config = config
+            batch.runner = work_runner(executor, pool.urls, self.output)
+            batch.workers = executor.capacity or self.workers
+            batch.server_check = lambda: servers_gone(config.model, pool.urls)
+            if diffs:
+                batch.settings = {
+                    "model": model_id,
+                    "differences": diffs,
+                    **manifest.model_dump(mode="json", include={"config", "rollouts", "test_rollouts", "seed"}),
+                }
+            announce(batch)
+            self._on_finish(batch, model_id)
+            await batch.run(None, display_factory)
+        finally:
             try:
-                batch.config = config
-                if diffs:
-                    batch.settings = {
-                        "model": model_id,
-                        "differences": diffs,
-                        **manifest.model_dump(mode="json", include={"config", "rollouts", "test_rollouts", "seed"}),
-                    }
-                announce(batch)
-                self._on_finish(batch, model_id)
-                await batch.run(model, display_factory)
+                await executor.close()
             finally:
                 self.folder.close()
         return SWEBenchResult(batch.progress, self._written, self.run_id, self.folder)
@@ -231,6 +252,19 @@ class SWEBenchRun:
 
         batch.on_record = on_record
         batch.on_finish = on_finish
+
+
+async def servers_gone(config: Any, urls: list[str]) -> str | None:
+    """None when every model server answers, else which one does not and why."""
+    pool = EndpointPool(config, urls)
+    try:
+        await pool.check()
+    except ModelError as exc:
+        which = "the model server" if len(urls) == 1 else "a model server"
+        return f"{which} stopped answering: {exc}"
+    finally:
+        await pool.aclose()
+    return None
 
 
 @dataclass
