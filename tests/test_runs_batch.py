@@ -179,7 +179,7 @@ def test_unfinished_episodes_are_not_graded_unless_asked_and_a_mixed_resume_is_r
         assert mixed.returncode == 0, mixed.stdout + mixed.stderr
         after = lines(out / "results.jsonl")
         assert len(after) == 6
-        assert all(r["settings"] is None for r in after if r["rollout"] == 0)
+        assert all("settings" not in r for r in after if r["rollout"] == 0)
         for r in (r for r in after if r["rollout"] == 1):
             assert r["settings"]["rollouts"] == 2 and "--rollouts 1 -> 2" in r["settings"]["differences"]
         assert json.loads((out / "run.json").read_text())["mixed"] is True

@@ -111,6 +111,12 @@ class ItemRecord(BaseModel):
     def errored(self) -> bool:
         return self.status in ERROR_STATUSES
 
+    def model_dump_json(self, **kwargs: Any) -> str:
+        """The results line: `settings` only when there are some (a run continued with --allow-mixed)."""
+        if self.settings is None and "exclude" not in kwargs:
+            kwargs["exclude"] = {"settings"}
+        return super().model_dump_json(**kwargs)
+
 
 class ItemResult(BaseModel):
     """What an executor hands back to the driver for one work item."""

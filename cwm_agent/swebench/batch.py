@@ -188,7 +188,11 @@ class SWEBenchRun:
         old = self.folder.read_manifest()
         if old is not None and not batch.todo():
             # Nothing to run: no model server is needed, but the settings must still match.
-            self.folder.open(self.manifest(old.model.id, self.config), self.allow_mixed, write=False)
+            self.folder.open(
+                self.manifest(old.model.id, self.config, old.model.urls),
+                self.allow_mixed,
+                write=old.grade_unfinished != self.grade_unfinished,  # the predictions change with it
+            )
             try:
                 announce(batch)
                 self._on_finish(batch, old.model.id)
