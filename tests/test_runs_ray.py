@@ -1,0 +1,338 @@
+"""The Ray executor on a real local cluster: a head and a worker node started with `ray start` on
+127.0.0.1 as separate processes (each with 2 sandbox slots), real Docker, the scripted model over
+real HTTP.
+
+A batch on Ray ends with the same run folder as the same batch run locally; its instances evaluate
+the same; a node without a Docker engine gets no work; a worker node killed mid-run (all its
+processes at once, as a crashed host) has its work finished on the other node, with no duplicate
+lines, and `sandbox prune --dead-only` removes what its sandboxes left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from gold_policy import ASSISTANT_HEADER, GoldPolicy
+
+from cwm_agent.model.scripted_server import ScriptedServer
+from cwm_agent.sandbox.base import RUN_ID_LABEL
+from cwm_agent.swebench.local import INSTANCES_FILE
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'cwm-agent[ray]')")
+
+from cwm_agent.runs.executor import LocalExecutor, RayExecutor, map_items  # noqa: E402
+
+SLOTS = 2
+RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "COLUMNS": "200", "NO_COLOR": "1"}
+
+
+def cli() -> list[str]:
+    script = Path(sys.executable).parent / "cwm-agent"
+    return [str(script)] if script.exists() else [sys.executable, "-c", "from cwm_agent.cli import app; app()"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (Ray's workers are children of their node's raylet)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    for p in descendants(pid):
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
+class Cluster:
+    """A head node and worker nodes, each a `ray start --block` process (stopped by killing its tree)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.temp_dir = tmp
+        self.nodes: list[subprocess.Popen] = []
+
+    def _start(self, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--object-store-memory", str(80 << 20),
+                  "--resources", json.dumps({"sandbox_slots": SLOTS}), "--block"]  # fmt: skip
+        proc = subprocess.Popen(
+            ["ray", "start", *args, *common], env=env or RAY_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        self.nodes.append(proc)
+        return proc
+
+    def start_head(self) -> None:
+        self._start(["--head", "--port", str(self.port), "--include-dashboard", "false", "--disable-usage-stats",
+                     "--temp-dir", str(self.temp_dir)])  # fmt: skip
+
+    def add_worker(self, env: dict[str, str] | None = None) -> subprocess.Popen:
+        return self._start(["--address", self.address], env)
+
+    def wait_nodes(self, count: int, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = subprocess.run(["ray", "status", "--address", self.address], capture_output=True, text=True,
+                                    env=RAY_ENV).stdout  # fmt: skip
+            active = status.split("Active:", 1)[-1].split("Pending:", 1)[0]
+            if active.count("node_") >= count:
+                return
+            time.sleep(1)
+        pytest.fail(f"the local Ray cluster did not reach {count} nodes in {timeout:.0f} s")
+
+    def stop_node(self, proc: subprocess.Popen) -> None:
+        kill_tree(proc.pid)
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        for proc in reversed(self.nodes):
+            if proc.poll() is None:
+                kill_tree(proc.pid, signal.SIGTERM)
+        time.sleep(2)
+        for proc in reversed(self.nodes):
+            kill_tree(proc.pid)
+            proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    tmp = Path(f"/tmp/cwmray-{uuid.uuid4().hex[:6]}")
+    c = Cluster(tmp)
+    try:
+        c.start_head()
+        c.add_worker()
+        c.wait_nodes(2)
+        yield c
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        c.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- the executor on its own --------------------------------------------------------------------
+
+
+async def idle_rollout(item: int, place) -> tuple[int, str, int]:
+    """A work item that only takes a model endpoint for a moment and writes a file."""
+    index = await place.router.acquire(f"r{item}")
+    place.router.started(index, f"r{item}")
+    await asyncio.sleep(0.5)
+    place.router.finished(index, f"r{item}")
+    place.router.release(f"r{item}")
+    (place.out_dir / "items").mkdir(parents=True, exist_ok=True)
+    (place.out_dir / "items" / f"{item}.txt").write_text(f"item {item}\n")
+    return item, place.node, index
+
+
+def as_is(item, place):
+    return place
+
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+
+
+def run_items(executor, out: Path, n: int) -> tuple[list[tuple[int, str, int]], dict | None]:
+    """Items 0..n-1 through `executor` (2 model endpoints); their results and the router's final counts."""
+
+    async def main():
+        got = []
+        await executor.open(out, endpoints=2)
+        try:
+            await map_items(executor, list(range(n)), idle_rollout, as_is, lambda i, r: got.append(r), key=str,
+                            workers=executor.capacity or 4)  # fmt: skip
+            table = executor.table() if isinstance(executor, RayExecutor) else executor.router.table.snapshot()
+        finally:
+            await executor.close()
+        return got, table
+
+    return asyncio.run(main())
+
+
+def test_items_spread_over_the_nodes_and_their_files_come_back(cluster, tmp_path):
+    executor = RayExecutor(cluster.address)
+    executor.connect()
+    assert executor.capacity is None
+    run_items(executor, tmp_path / "warm-up", 2 * SLOTS)  # the nodes start their worker processes
+    got, table = run_items(executor, tmp_path, 12)
+    assert executor.capacity == 2 * SLOTS
+    assert sorted(r[0] for r in got) == list(range(12))
+    assert sorted(p.name for p in (tmp_path / "items").iterdir()) == sorted(f"{i}.txt" for i in range(12))
+    assert len({node for _, node, _ in got}) == 2, "one node did all the work"
+    # one router for the workers of both nodes: every rollout counted there, spread while they overlap
+    assert sum(table["assigned"]) == 12 and table["outstanding"] == [0, 0] and table["rollouts"] == [0, 0]
+    assert min(table["assigned"]) >= 3, table
+
+    local, table = run_items(LocalExecutor(), tmp_path / "local", 12)
+    assert sorted(r[0] for r in local) == list(range(12)) and {node for _, node, _ in local} == {"local"}
+    assert table["assigned"] == [6, 6]
+
+
+def test_a_node_without_docker_gets_no_work(cluster, tmp_path):
+    blind = cluster.add_worker(env={**RAY_ENV, "DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    try:
+        cluster.wait_nodes(3)
+        executor = RayExecutor(cluster.address)
+        executor.connect()
+        got, _ = run_items(executor, tmp_path, 10)
+        assert len(executor.nodes) == 2  # the census left it out
+        assert {node for _, node, _ in got} <= set(executor.nodes)
+        assert len(got) == 10
+    finally:
+        cluster.stop_node(blind)
+
+
+# -- swebench run and eval ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gold(local_images):
+    policy = GoldPolicy(local_images)
+    with ScriptedServer(policy=policy) as a, ScriptedServer(policy=policy) as b:
+        yield a, b
+
+
+def swebench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*cli(), "swebench", *args], capture_output=True, text=True, env=RAY_ENV, timeout=timeout)
+    return proc
+
+
+def comparable(run_dir: Path) -> list[dict]:
+    """results.jsonl without what depends on timing: seconds, the server a rollout was routed to, and
+    the prefix-cache hits (which depend on what that server saw before)."""
+    rows = []
+    for line in (run_dir / "results.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        for key in ("elapsed", "model_seconds", "tool_seconds", "endpoint"):
+            row.pop(key)
+        row["tokens"].pop("cached")
+        rows.append(row)
+    return rows
+
+
+def run_containers(run_dir: Path) -> list[str]:
+    run_ids = json.loads((run_dir / "run.json").read_text())["run_ids"]
+    names = []
+    for run_id in run_ids:
+        names += subprocess.run(["docker", "ps", "-aq", "--filter", f"label={RUN_ID_LABEL}={run_id}"],
+                                capture_output=True, text=True).stdout.split()  # fmt: skip
+    return names
+
+
+@pytest.mark.docker
+def test_a_batch_on_ray_writes_the_same_run_folder_as_locally_and_evaluates_the_same(cluster, gold, tmp_path):
+    a, b = gold
+    common = ["--dataset", str(INSTANCES_FILE), "--rollouts", "2", "--model-url", a.url, "--model-url", b.url]
+    local = swebench("run", *common, "--output", str(tmp_path / "local"), "-w", "4")
+    assert local.returncode == 0, local.stderr
+    before = len(a.generation_requests()), len(b.generation_requests())
+    remote = swebench("run", *common, "--output", str(tmp_path / "ray"), "--executor", "ray",
+                      "--ray-address", cluster.address)  # fmt: skip
+    assert remote.returncode == 0, remote.stderr
+    assert "6/6 work items done" in remote.stdout
+
+    assert comparable(tmp_path / "ray") == comparable(tmp_path / "local")
+    for name in ("preds.jsonl", "preds/rollout-1.jsonl"):
+        assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text()
+    trajectories = sorted(p.name for p in (tmp_path / "ray" / "trajectories").iterdir())
+    assert trajectories == sorted(p.name for p in (tmp_path / "local" / "trajectories").iterdir())
+    assert len(trajectories) == 6
+    # both servers served the Ray run's rollouts, and each rollout stayed on its server
+    served = [json.loads(line)["endpoint"] for line in (tmp_path / "ray" / "results.jsonl").read_text().splitlines()]
+    assert set(served) == {a.url, b.url}
+    assert len(a.generation_requests()) > before[0] and len(b.generation_requests()) > before[1]
+    assert run_containers(tmp_path / "ray") == []
+
+    evaluated = swebench("eval", "--predictions", str(tmp_path / "ray" / "preds.jsonl"), "--dataset",
+                         str(INSTANCES_FILE), "--output", str(tmp_path / "ray" / "eval"), "--executor", "ray",
+                         "--ray-address", cluster.address)  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads((tmp_path / "ray" / "eval" / "report.json").read_text())
+    assert report["resolved_instances"] == 3, report
+    for instance in ("cwm-local__inflection-1", "cwm-local__six-1", "cwm-local__more-itertools-1"):
+        files = {p.name for p in (tmp_path / "ray" / "eval" / instance).iterdir()}
+        assert {"report.json", "result.json", "test_output.txt", "patch.diff", "eval.sh"} <= files
+
+
+def test_a_cluster_that_is_not_there_is_one_line(tmp_path):
+    out = tmp_path / "run"
+    nowhere = f"127.0.0.1:{free_port()}"
+    proc = swebench("run", "--dataset", str(INSTANCES_FILE), "--output", str(out), "--executor", "ray",
+                    "--ray-address", nowhere, "--model-url", "http://127.0.0.1:9/v1", timeout=60)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: no Ray cluster answers at 127.0.0.1:")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    proc = swebench("eval", "--gold", "--dataset", str(INSTANCES_FILE), "--output", str(out), "--ray-address", "x:1")
+    assert proc.returncode == 2 and "--ray-address goes with --executor ray" in proc.stderr
+
+
+@pytest.mark.docker
+def test_a_worker_node_lost_mid_run_has_its_work_finished_on_the_other(cluster, gold, tmp_path):
+    """Last in the module: the worker node does not come back."""
+    a, b = gold
+    a.latency = b.latency = 0.8  # an episode takes a few seconds, so the kill lands mid-episode
+    out = tmp_path / "run"
+    try:
+        proc = subprocess.Popen(
+            [*cli(), "swebench", "run", "--dataset", str(INSTANCES_FILE), "--rollouts", "2", "--output", str(out),
+             "--model-url", a.url, "--model-url", b.url, "--executor", "ray", "--ray-address", cluster.address],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=RAY_ENV,
+        )  # fmt: skip
+
+        def episodes_started() -> int:
+            return sum(1 for s in (a, b) for r in s.generation_requests() if r.prompt.count(ASSISTANT_HEADER) == 1)
+
+        deadline = time.monotonic() + 120
+        while episodes_started() < 2 * SLOTS and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert episodes_started() >= 2 * SLOTS, "the run never had both nodes busy"
+        time.sleep(1.0)
+        cluster.stop_node(cluster.nodes[1])  # the worker node, all its processes at once
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        a.latency = b.latency = 0.0
+    assert proc.returncode == 0, stderr
+    assert episodes_started() > 6, "no episode of the lost node was run again"
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    ids = [row["item_id"] for row in lines]
+    assert len(ids) == 6 and len(set(ids)) == 6, ids
+    assert {row["status"] for row in lines} == {"submitted"}
+    assert len(list((out / "trajectories").iterdir())) == 6
+    assert len((out / "preds.jsonl").read_text().splitlines()) == 3
+    # what the lost node's sandboxes left is removed by the documented command
+    subprocess.run([*cli(), "sandbox", "prune", "--dead-only"], capture_output=True, text=True, env=RAY_ENV)
+    assert run_containers(out) == []
