@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,6 +143,15 @@ def test_rollouts_run_round_robin_with_their_seeds_and_the_tokens_add_up(model, 
         assert r["model_seconds"] > 0 and r["tool_seconds"] > 0
     total = sum(r["tokens"]["prompt"] for r in results)
     assert f"tokens: {total:,} processed" in proc.stdout
+    # Resumable per work item: a lost result line reruns that rollout alone.
+    kept = (out / "results.jsonl").read_text().splitlines()
+    dropped = next(i for i, line in enumerate(kept) if json.loads(line)["item_id"] == f"{IDS[1]}.patch-1")
+    (out / "results.jsonl").write_text("\n".join(kept[:dropped] + kept[dropped + 1 :]) + "\n")
+    resumed = run(out, server, "--rollouts", "2", "--test-rollouts", "1", "--seed", "5", "--workers", "2")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "9/9 work items done (1 in this run, 8 before)" in resumed.stdout
+    assert [r["item_id"] for r in lines(out / "results.jsonl")] == [r["item_id"] for r in results]
+
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["rollouts"] == 2 and manifest["test_rollouts"] == 1 and manifest["seed"] == 5
     assert manifest["model"]["id"] == server.model and manifest["dataset"]["instance_count"] == 3
@@ -245,7 +255,6 @@ def test_in_a_terminal_the_run_shows_its_running_items_live(model, tmp_path):
     moves, and the summary follows; no traceback, no status line spam."""
     import fcntl
     import pty
-    import re
     import select
     import struct
     import termios
@@ -286,3 +295,17 @@ def test_in_a_terminal_the_run_shows_its_running_items_live(model, tmp_path):
     assert "elapsed 0:00:01" in text and "elapsed 0:00:02" in text
     assert "3/3 work items done" in text and "Traceback" not in text
     assert "\x1b[" in screen  # redrawn in place
+
+
+def test_a_batch_where_every_item_errors_exits_3_and_suggests_no_evaluation(model, tmp_path):
+    server, _ = model
+    rows = [json.loads(line) for line in INSTANCES_FILE.read_text().splitlines()]
+    missing = [{**row, "instance_id": f"cwm-local__missing-{i}"} for i, row in enumerate(rows)]
+    dataset = tmp_path / "missing.jsonl"
+    dataset.write_text("".join(json.dumps(r) + "\n" for r in missing))
+    proc = run(tmp_path / "run", server, dataset=dataset)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "endings: image_error 3" in proc.stdout
+    assert re.search(r"image_error \(3\), first: No image for cwm-local__missing-\d: tried ", proc.stdout)
+    assert "build it with `cwm-agent swebench build-local`" in proc.stdout  # the first full message
+    assert "0 of 3 with a patch" in proc.stdout and "evaluate them with" not in proc.stdout
