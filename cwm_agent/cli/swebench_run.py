@@ -15,6 +15,26 @@ from cwm_agent.cli.console import err
 from cwm_agent.cli.console import user_error as _fail
 
 
+def log_crash(path: Path) -> Path:
+    """Append the exception being handled, with its traceback, to the run's harness log (or a temporary
+    file when the run folder can't take it); returns where it went."""
+    import tempfile
+    import time
+    import traceback
+
+    text = f"{time.strftime('%Y-%m-%d %H:%M:%S')} CRASH\n{traceback.format_exc()}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(text)
+        return path
+    except OSError:
+        fd, name = tempfile.mkstemp(prefix="cwm-agent-crash-", suffix=".log")
+        with open(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return Path(name)
+
+
 def _say(text: str) -> None:
     err.print(escape(text), highlight=False, soft_wrap=True)
 
@@ -87,6 +107,7 @@ def run_command(
     """
     from cwm_agent.agent.config import load_config
     from cwm_agent.cli.common import merge
+    from cwm_agent.errors import UserError
     from cwm_agent.model.client import ModelError
     from cwm_agent.model.endpoints import endpoint_urls
     from cwm_agent.runs.batch import exit_code
@@ -159,6 +180,11 @@ def run_command(
         raise _fail(
             f"cannot write the run directory {output}: {exc.strerror or exc} ({exc.filename or output})."
         ) from None
+    except (UserError, typer.Exit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a fault of the harness itself: one line here, the traceback logged
+        where = log_crash(run.folder.log_path)
+        raise _fail(f"unexpected error: {type(exc).__name__}: {exc} (traceback in {where})", 1) from None
     progress = result.progress
     for line in summary_lines(progress, result.folder, run.run_id):
         typer.echo(line)
