@@ -72,6 +72,9 @@ def test_regression_files_follow_the_touched_modules():
     assert related_test_files(["test_inflection.py"], ["inflection/__init__.py"])[0] == ["test_inflection.py"]
     chosen, how = related_test_files(files, ["docs/conf.py"])
     assert chosen == sorted(f for f in files if f != "setup.py") and "whole suite" in how
+    django = ["tests/auth_tests/test_forms.py", "tests/forms_tests/tests/test_input_formats.py",
+              "tests/admin_views/tests.py", "tests/model_forms/tests.py"]  # fmt: skip
+    assert related_test_files(django, ["django/contrib/auth/forms.py"])[0] == django[:2]
     many = [f"tests/test_{i}.py" for i in range(60)]
     assert related_test_files(many, ["src/other.py"]) == ([], related_test_files(many, ["src/other.py"])[1])
 

@@ -7,8 +7,10 @@ PASS_TO_PASS (the evaluation's answers) nor from its test_patch.
 
 Which test files: a test file (`test_*.py`, `*_test.py`, `tests.py`) is related to a touched source
 file when its name without the `test_`/`_test` affix equals the source's module name (the package
-name for an `__init__.py`), starts with it and an underscore, or when a directory on its path has
-that name. When no test file is related and the repository has at most `WHOLE_SUITE_MAX` test
+name for an `__init__.py`) or its package's name, or starts with one of them and an underscore; or
+when a directory on its path is named after the module, or starts with the module's or the
+package's name and an underscore (Django's `tests/auth_tests/`, `tests/forms_tests/`). When no test
+file is related and the repository has at most `WHOLE_SUITE_MAX` test
 files, the whole suite runs (it is cheap); otherwise there are no regression tests for the instance.
 """
 
@@ -46,16 +48,23 @@ def _test_name(path: str) -> str:
     return stem.removeprefix("test_").removesuffix("_test")
 
 
+def _related(test: str, modules: set[str], packages: set[str]) -> bool:
+    name, dirs = _test_name(test), test.split("/")[:-1]
+    for n in modules | packages:
+        if name == n or name.startswith(n + "_") or any(d.startswith(n + "_") for d in dirs):
+            return True
+    return any(n in dirs for n in modules)
+
+
 def related_test_files(repo_files: list[str], touched: list[str]) -> tuple[list[str], str]:
     """(test files to run, how they were chosen) for the files the candidates touch."""
     tests = sorted(f for f in repo_files if is_test_file(f))
-    names = {_module_name(f) for f in touched if f.endswith(".py") and not is_test_file(f)}
-    names.discard("")
-    related = [
-        t
-        for t in tests
-        if any(_test_name(t) == n or _test_name(t).startswith(n + "_") or n in t.split("/")[:-1] for n in names)
-    ]
+    sources = [f for f in touched if f.endswith(".py") and not is_test_file(f)]
+    modules = {_module_name(f) for f in sources} - {""}
+    packages = {posixpath.basename(posixpath.dirname(f)) for f in sources if not f.endswith("__init__.py")}
+    packages -= {"", "src", "lib"} | modules
+    names = modules | packages
+    related = [t for t in tests if _related(t, modules, packages)]
     if related:
         return related, f"test files related to {', '.join(sorted(names))}"
     if len(tests) <= WHOLE_SUITE_MAX:
