@@ -4,7 +4,8 @@
 follows its own plan (`policy.plan`), the rollout read from the request's seed (the run's `--seed` +
 rollout, so pass `--seed SEED`):
 - `gold`: the instance's own fix (resolved);
-- `wrong`: first a reply with no `</think>` (a format error), then a harmless edit submitted (unresolved);
+- `wrong`: first a reply with no `</think>` (a format error), then a new module, created, edited and
+  submitted (unresolved);
   its thinking holds markup a report must print as text, never run;
 - `error`: HTTP 400 at once (the episode ends in a model error);
 - `wander`: `ls` until the turn limit (unfinished: never graded).
@@ -35,9 +36,11 @@ def gold_steps(patch: str) -> list[str]:
 
 def wrong_steps() -> list[str]:
     return [
-        f"The comment goes at the end of a module. {HOSTILE}\n<tool: bash>\nls\n</tool>",
-        "A harmless edit, then submit it.\n</think>\n<tool: bash>\ncd /testbed && "
-        "f=$(git ls-files '*.py' | head -1) && printf '\\n# reviewed\\n' >> \"$f\" && git diff > /tmp/fix.patch"
+        f"The note goes in a new module. {HOSTILE}\n<tool: bash>\nls\n</tool>",
+        "A new module.\n</think>\n<tool: create>\n/testbed/review_note.py\nREVIEWED = False\n</tool>",
+        "Flip it.\n</think>\n<tool: edit>\n/testbed/review_note.py\n<<<<<<< SEARCH\nREVIEWED = False\n"
+        "=======\nREVIEWED = True\n>>>>>>> REPLACE\n</tool>",
+        "The patch.\n</think>\n<tool: bash>\ncd /testbed && git add -N review_note.py && git diff > /tmp/fix.patch"
         " && cat /tmp/fix.patch\n</tool>",
         "Submit it.\n</think>\n<tool: submit>\n/tmp/fix.patch\n</tool>",
         "Done.\n</think>\nSubmitted.",

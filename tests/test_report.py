@@ -46,7 +46,7 @@ def cwm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def _run_and_eval(server: ScriptedServer, out: Path, rollouts: int, test_rollouts: int = 0) -> None:
     proc = cwm("swebench", "run", "--dataset", str(INSTANCES_FILE), "--output", str(out), "--workers", "3",
                "--model-url", server.url, "--rollouts", str(rollouts), "--test-rollouts", str(test_rollouts),
-               "--seed", str(SEED), "-c", "agent.max_turns=6")  # fmt: skip
+               "--seed", str(SEED), "-c", "agent.max_turns=8")  # fmt: skip
     assert (out / "results.jsonl").exists(), proc.stderr
     for k in range(rollouts):
         preds = out / "preds.jsonl" if k == 0 else out / "preds" / f"rollout-{k}.jsonl"
@@ -172,7 +172,7 @@ def test_report_in_a_browser(runs, browser, tmp_path):
     page.select_option("#f-repo", "cwm-local/six")
     assert visible_ids() == [SIX, SIX]
     page.select_option("#f-repo", "")
-    page.fill("#f-text", "limit of 6")
+    page.fill("#f-text", "limit of 8")
     assert visible_ids() == [MORE]
     page.fill("#f-text", "")
     assert len(visible_ids()) == 6
@@ -186,20 +186,24 @@ def test_report_in_a_browser(runs, browser, tmp_path):
     turns_col.click()
     assert turns() == sorted(turns()) and turns()[0] == 0
     turns_col.click()
-    assert turns() == sorted(turns(), reverse=True) and turns()[0] == 6
+    assert turns() == sorted(turns(), reverse=True) and turns()[0] == 8
 
     # A trajectory page, from the table: the six instance's rollout 0 (a format error, then an unresolved patch).
     page.locator("#items tbody tr", has=page.locator('td[data-sort="cwm-local__six-1"]')).locator("a").click()
     assert page.locator("h1").inner_text().strip() == SIX
     first = page.locator("details.turn").first
     assert not first.locator(".turn-body").is_visible()
-    first.locator("summary").click()
+    first.locator(":scope > summary").click()
     assert first.locator(".turn-body").is_visible()
     assert first.locator(".reply.error").inner_text().count("<script>window.__pwned = 1</script>") == 1
     assert page.evaluate("window.__pwned") is None  # the model's markup is shown, never run
     assert "format error:" in first.inner_text()
     assert page.locator("#patch .hl-gi").first.is_visible()  # the patch, as a highlighted diff
-    assert "# reviewed" in page.locator("#patch").inner_text()
+    assert "+REVIEWED = True" in page.locator("#patch").inner_text()
+    edit = page.locator("details.turn", has=page.locator("summary .tool", has_text="edit"))
+    edit.locator(":scope > summary").click()  # the edit's SEARCH/REPLACE block, as a diff
+    assert edit.locator(".hl-gd").last.inner_text() == "-REVIEWED = False"
+    assert edit.locator(".hl-gi").last.inner_text() == "+REVIEWED = True"
     assert page.locator("#eval-outcome").inner_text() == "unresolved"
     assert "test_six.py::test_add_metaclass" in page.locator("#failed-tests").inner_text()
     page.fill("#turn-search", "fix.patch")

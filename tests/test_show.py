@@ -188,3 +188,17 @@ def test_follow_stops_cleanly_on_ctrl_c(tmp_path):
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 130, (proc.returncode, err)
     assert "turn 2 ·" in out and "stopped following" in err and "Traceback" not in err
+
+
+def test_text_in_brackets_prints_as_written(tmp_path):
+    path = tmp_path / "t.jsonl"
+    writer = TrajectoryWriter(path)
+    writer.write(Header(run_id="r1", started_at=0.0, versions={}, task={"task_id": "[bold]id[/bold]"}, config={},
+                        reasoning=True, system_prompt="S", user_prompt="P"))  # fmt: skip
+    writer.write(Turn(index=1, raw="x\n</think>\n<tool: bash>\necho [red]hi[/red]\n</tool>",
+                      action=Action(tool="bash", body="echo [red]hi[/red]"), tool_ok=True))  # fmt: skip
+    writer.close()
+    for args in ((), ("--list",)):
+        proc = show(str(path), *args)
+        assert proc.returncode == 0, proc.stderr
+        assert "echo [red]hi[/red]" in proc.stdout and "[bold]id[/bold]" in proc.stdout

@@ -13,6 +13,7 @@ Pygments' highlighting, both of which escape the text they are given.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -249,6 +250,15 @@ def _submission_title(result) -> str:
     return f"Submitted {kind}" if result.graded else f"Submitted {kind} (not graded: the episode did not finish)"
 
 
+def _redact(value):
+    """`value` with every set `api_key` hidden: a report is made to be shared."""
+    if isinstance(value, dict):
+        return {k: ("(hidden)" if k == "api_key" and v else _redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
 def _trajectory_page(run: RunFolder, item: Item, trajectory: Trajectory | None, out: Path, back: str) -> None:
     turns = [turn_view(t, closes_episode(t, trajectory)) for t in trajectory.turns] if trajectory else []
     result = trajectory.result if trajectory else None
@@ -287,6 +297,7 @@ def write_report(run: RunFolder, out: Path) -> Path:
     html = _env.get_template("index.html.j2").render(
         run=run,
         summary=summary,
+        manifest_text=json.dumps(_redact(run.manifest), indent=2) if run.manifest else "",
         rows=rows,
         plots=_plots(summary),
         endings=sorted({r.item.status for r in rows}),

@@ -116,6 +116,12 @@ class Evaluation:
         return self.outcome == "resolved"
 
 
+def eval_folder(eval_dir: Path, instance_id: str, rollout: int = 0) -> Path:
+    """Where the evaluation of an instance's patch of `rollout` is: `swebench eval` of preds.jsonl
+    (rollout 0) writes EVAL/<instance_id>/; of preds/rollout-<k>.jsonl, EVAL/rollout-<k>/<instance_id>/."""
+    return eval_dir / instance_id if rollout == 0 else eval_dir / f"rollout-{rollout}" / instance_id
+
+
 def load_evaluation(folder: Path) -> Evaluation | None:
     """The outcome recorded in `folder` (result.json, and report.json's test statuses), or None."""
     try:
@@ -284,12 +290,7 @@ def load_run(path: Path, eval_dir: Path | None = None) -> RunFolder:
         for item in items:
             if item.kind != "patch":
                 continue
-            folder = (
-                eval_dir / item.instance_id
-                if item.rollout == 0
-                else eval_dir / f"rollout-{item.rollout}" / item.instance_id
-            )
-            item.evaluation = load_evaluation(folder)
+            item.evaluation = load_evaluation(eval_folder(eval_dir, item.instance_id, item.rollout))
     else:
         eval_dir = None
     order = {iid: n for n, iid in enumerate(dict.fromkeys(i.instance_id for i in items))}

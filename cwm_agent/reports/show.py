@@ -26,6 +26,7 @@ from cwm_agent.errors import UserError
 from cwm_agent.reports.runfolder import (
     Evaluation,
     RunFolderError,
+    eval_folder,
     is_run_folder,
     item_id,
     load_evaluation,
@@ -117,8 +118,7 @@ def locate(
         return Target(trajectory, _solve_evaluation(path, eval_dir))
     if path.parent.name == "trajectories" and is_run_folder(path.parent.parent):
         instance, kind, rollout = split_item_id(path.stem)
-        root = eval_dir or path.parent.parent / "eval"
-        folder = root / instance if rollout == 0 else root / f"rollout-{rollout}" / instance
+        folder = eval_folder(eval_dir or path.parent.parent / "eval", instance, rollout)
         return Target(path, load_evaluation(folder) if kind == "patch" else None)
     return Target(path, _solve_evaluation(path.parent, eval_dir) if path.name == "trajectory.jsonl" else None)
 
@@ -221,7 +221,7 @@ def render_turn(turn: Turn, opts: ShowOptions, closing: bool = False) -> Group:
 def render_header(header: Header, opts: ShowOptions) -> Group:
     task = header.task
     title = f"{task.get('task_id', '?')} · run {header.run_id} · model {header.versions.get('model') or '?'}"
-    return Group(Rule(title), Panel(_text(header.user_prompt, opts), title="task", title_align="left"))
+    return Group(Rule(Text(title)), Panel(_text(header.user_prompt, opts), title="task", title_align="left"))
 
 
 def render_result(result: Result, opts: ShowOptions) -> Group:
@@ -313,7 +313,8 @@ def one_line_call(turn: Turn, closing: bool = False) -> tuple[str, str]:
 def show_list(target: Target, console: Console) -> None:
     """One row per turn: turn, tool, the call on one line (cut with `…`), seconds, tokens."""
     trajectory = _load(target.trajectory)
-    table = Table(title=f"{trajectory.header.task.get('task_id', '?')} · {target.trajectory}", title_justify="left")
+    title = Text(f"{trajectory.header.task.get('task_id', '?')} · {target.trajectory}")
+    table = Table(title=title, title_justify="left")
     table.add_column("turn", justify="right", no_wrap=True, min_width=4)
     table.add_column("tool", no_wrap=True, min_width=12)
     table.add_column("call", no_wrap=True)
@@ -329,7 +330,7 @@ def show_list(target: Target, console: Console) -> None:
         table.add_row(
             str(turn.index),
             Text(tool, style=style),
-            call,
+            Text(call),
             f"{turn.model_seconds:.1f}",
             f"{turn.tool_seconds:.1f}",
             str(turn.tokens.prompt),

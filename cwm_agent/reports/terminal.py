@@ -26,7 +26,7 @@ def quantiles(values: list[float]) -> tuple[float, float, float, float]:
 
 
 def print_summary(summary: Summary, console: Console) -> None:
-    head = Table(title=f"run {summary.run}", show_header=False, title_justify="left")
+    head = Table(title=Text(f"run {summary.run}"), show_header=False, title_justify="left")
     head.add_column()
     head.add_column(justify="right")
     head.add_row("dataset instances", str(summary.dataset))
@@ -63,7 +63,7 @@ def print_summary(summary: Summary, console: Console) -> None:
     endings.add_column("items", justify="right")
     for kind, counts in summary.endings.items():
         for status, n in counts.items():
-            endings.add_row(kind, status, str(n))
+            endings.add_row(Text(kind), Text(status), str(n))
     console.print(endings)
 
     dist = Table(title="per work item", title_justify="left")
@@ -84,12 +84,12 @@ def print_summary(summary: Summary, console: Console) -> None:
         for name in ("repository", "instances", "submitted", "resolved", "errored"):
             repos.add_column(name, justify="left" if name == "repository" else "right")
         for row in summary.repos:
-            repos.add_row(row.repo, str(row.instances), str(row.submitted), str(row.resolved), str(row.errored))
+            repos.add_row(Text(row.repo), str(row.instances), str(row.submitted), str(row.resolved), str(row.errored))
         console.print(repos)
     if summary.tools:
         tools = Table(title="tool calls", title_justify="left")
         for name in ("tool", "calls", "failed"):
             tools.add_column(name, justify="left" if name == "tool" else "right")
         for row in summary.tools:
-            tools.add_row(row.tool, str(row.calls), str(row.failed))
+            tools.add_row(Text(row.tool), str(row.calls), str(row.failed))
         console.print(tools)
