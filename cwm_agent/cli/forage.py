@@ -106,7 +106,7 @@ def run_command(
     from cwm_agent.runs.batch import exit_code
     from cwm_agent.runs.display import LiveDisplay
     from cwm_agent.runs.summary import summary_lines
-    from cwm_agent.sandbox.cleanup import sigterm_as_interrupt, sweep_run
+    from cwm_agent.sandbox.cleanup import signal_exit_code, sigterm_as_interrupt, sweep_run
     from cwm_agent.swebench.batch import SWEBenchRun, check_unique
     from cwm_agent.swebench.dataset import load_instances
     from cwm_agent.swebench.evaluate import EvalOptions
@@ -148,7 +148,7 @@ def run_command(
     except KeyboardInterrupt:
         how = "terminated" if terminated else "interrupted"
         err.print(_escape(f"{how}: containers removed; finished work is kept in {output} (run again to resume)."))
-        raise typer.Exit(143 if terminated else 130) from None
+        raise typer.Exit(signal_exit_code(terminated[0] if terminated else None)) from None
     for line in summary_lines(result.progress, result.folder, run.run_id):
         typer.echo(line)
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(summary["outcomes"].items())) or "nothing evaluated"

@@ -141,7 +141,7 @@ def solve(
     from cwm_agent.agent.task import Task
     from cwm_agent.model.client import ModelError
     from cwm_agent.sandbox.base import SandboxError
-    from cwm_agent.sandbox.cleanup import sigterm_as_interrupt, sweep_run
+    from cwm_agent.sandbox.cleanup import signal_exit_code, sigterm_as_interrupt, sweep_run
 
     problem = _read_issue(issue)
     overrides = {
@@ -177,7 +177,7 @@ def solve(
                 f"interrupted (run id {run_id}): the container was removed; the partial trajectory is in "
                 f"{output_dir / 'trajectory.jsonl'}"
             )
-            raise typer.Exit(143 if terminated else 130) from None
+            raise typer.Exit(signal_exit_code(terminated[0] if terminated else None)) from None
         except (RepoError, SandboxError, ModelError) as exc:
             raise _fail(str(exc)) from None
         except OSError as exc:  # e.g. the output directory cannot be written (permissions, a full disk)

@@ -115,7 +115,7 @@ def run_command(
     from cwm_agent.runs.executor import make_executor
     from cwm_agent.runs.summary import summary_lines
     from cwm_agent.sandbox.base import SandboxError
-    from cwm_agent.sandbox.cleanup import sigterm_as_interrupt, sweep_run
+    from cwm_agent.sandbox.cleanup import signal_exit_code, sigterm_as_interrupt, sweep_run
     from cwm_agent.swebench.batch import SWEBenchRun, check_unique
     from cwm_agent.swebench.dataset import load_instances
 
@@ -173,7 +173,7 @@ def run_command(
     except KeyboardInterrupt:
         how = "terminated" if terminated else "interrupted"
         _say(f"{how}: containers removed; finished work items are kept in {output} (run again to resume).")
-        raise typer.Exit(143 if terminated else 130) from None
+        raise typer.Exit(signal_exit_code(terminated[0] if terminated else None)) from None
     except (ModelError, SandboxError) as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:  # the run directory cannot be written (a bad path, permissions, a full disk)

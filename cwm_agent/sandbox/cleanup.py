@@ -71,9 +71,12 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Signals that stop a command and close its sandboxes: Ctrl-C, `kill` or a scheduler, a closed terminal."""
 
 
-def exit_code(signum: int | None) -> int:
+def signal_exit_code(signum: int | None) -> int:
     """The exit status of a command stopped by `signum` (None: Ctrl-C): 130, 143 or 129."""
     return 128 + (signum or signal.SIGINT)
+
+
+exit_code = signal_exit_code
 
 
 def track(sandbox: _Closable) -> None:
@@ -208,7 +211,7 @@ def sigterm_as_interrupt() -> Iterator[list[int]]:
     """Within the block (around `asyncio.run`), SIGTERM (`kill`, a scheduler's time limit) and SIGHUP (a
     closed terminal, a dropped ssh) take Ctrl-C's path: the run is cancelled, sandboxes close and records
     end as interrupted, instead of the process dying on the spot. Yields a list that gets the signal when
-    one came (`exit_code(received[0] if received else None)`: 143 or 129, not 130)."""
+    one came (`signal_exit_code(received[0] if received else None)`: 143 or 129, not 130)."""
     received: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
