@@ -32,7 +32,7 @@ def test_demo_replays_the_script_and_the_patch_resolves_the_task(tmp_path, docke
     assert "submitted" in stdout
     assert "resolved" in stdout.split("evaluation", 1)[1]
     trajectory = Trajectory.load(out / "trajectory.jsonl")
-    assert trajectory.result.exit_status is ExitStatus.SUBMITTED
+    assert trajectory.result.status is ExitStatus.SUBMITTED
     assert "tinyintervals/core.py" in (out / "patch.diff").read_text()
     assert "replay" in trajectory.header.versions["model"]
     left = docker_client.containers.list(
