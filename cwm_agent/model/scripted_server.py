@@ -365,7 +365,12 @@ class ScriptedServer:
             return list(self._requests)
 
     def generation_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.endpoint in ("/v1/completions", "/v1/chat/completions")]
+        """Requests for a reply of a dialogue (capability probes left out: they are no turn of one)."""
+        return [
+            r
+            for r in self.requests
+            if r.endpoint in ("/v1/completions", "/v1/chat/completions") and not _is_capability_probe(r.body)
+        ]
 
     def prefix_reuse(self) -> list[float | None]:
         """For each answered generation request, in order: the share of its predecessor's context
