@@ -88,3 +88,21 @@ def test_stats_on_what_is_not_a_run_folder(tmp_path):
     (tmp_path / "plain").mkdir()
     proc = cwm("swebench", "stats", str(tmp_path / "plain"))
     assert proc.returncode == 2 and "is not a run folder" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_follow_waits_for_an_episode_that_has_not_started(tmp_path):
+    run = old_layout_run(tmp_path)
+    rows = {"acme__calc-1": "h1", "acme__later-9": "h2"}
+    (run / "run.json").write_text(json.dumps({"dataset": {"source": "x.jsonl", "instance_count": 2, "rows": rows}}))
+    early = cwm("show", str(run), "acme__later-9")
+    assert early.returncode == 2 and "has not started yet" in early.stderr
+    typo = cwm("show", str(run), "acme__typo-1", "--follow")
+    assert typo.returncode == 2 and "has no trajectory of acme__typo-1" in typo.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "cwm_agent.cli", "show", str(run), "acme__later-9", "--follow"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={"COLUMNS": "160", "NO_COLOR": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert "waiting for it" in proc.stderr.readline()
+    write_trajectory(run / "trajectories" / "acme__later-9.jsonl")  # the episode starts (and here, ends)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Fix the bug in calc.py" in out and "turn_limit" in out

@@ -48,14 +48,32 @@ def show(
 ) -> None:
     """Show a trajectory turn by turn: thinking, what the model wrote, tool call, observation, tokens,
     timings, and the evaluation outcome when there is one."""
-    from cwm_agent.reports.show import ShowOptions, follow, locate, show_list, show_trajectory
+    from cwm_agent.reports.show import (
+        NotStarted,
+        ShowOptions,
+        follow,
+        locate,
+        show_list,
+        show_trajectory,
+        wait_for_start,
+    )
 
     if kind not in ("patch", "test"):
         raise UsageError(f"--kind {kind}: use patch or test")
     if list_ and follow_:
         raise UsageError("--list and --follow do not go together")
     console = make_console(color)
-    target = locate(path, instance_id, kind, rollout, eval_dir)
+    try:
+        target = locate(path, instance_id, kind, rollout, eval_dir)
+    except NotStarted as exc:
+        if not follow_ or instance_id is None:
+            raise
+        err.print(f"{exc}; waiting for it (Ctrl-C stops)")
+        try:
+            target = wait_for_start(path, instance_id, kind, rollout, eval_dir)
+        except KeyboardInterrupt:
+            err.print("stopped waiting")
+            raise typer.Exit(130) from None
     opts = ShowOptions(
         max_lines=None if full else lines,
         max_width=None if full else width,

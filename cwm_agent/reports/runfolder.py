@@ -7,7 +7,7 @@ Reads both layouts a run folder has had, every field beyond the instance id opti
   tokens {prompt, completion, cached, context}, model_seconds, tool_seconds).
 Trajectories are `trajectories/<item_id>.jsonl`; the evaluation of `preds.jsonl` (rollout 0 of kind
 patch) is `eval/<instance_id>/{result.json,report.json}` and `eval/report.json`. Other rollouts'
-evaluations are read from `eval/rollout-<k>/` when a run has them.
+evaluations are read where the project's evaluators put them (`rollout_eval_root`).
 """
 
 from __future__ import annotations
@@ -116,10 +116,24 @@ class Evaluation:
         return self.outcome == "resolved"
 
 
-def eval_folder(eval_dir: Path, instance_id: str, rollout: int = 0) -> Path:
-    """Where the evaluation of an instance's patch of `rollout` is: `swebench eval` of preds.jsonl
-    (rollout 0) writes EVAL/<instance_id>/; of preds/rollout-<k>.jsonl, EVAL/rollout-<k>/<instance_id>/."""
-    return eval_dir / instance_id if rollout == 0 else eval_dir / f"rollout-{rollout}" / instance_id
+def rollout_eval_root(run_dir: Path, eval_dir: Path, rollout: int) -> Path | None:
+    """The folder holding rollout k's evaluation: EVAL itself for rollout 0; for k > 0 the first that
+    exists of EVAL/rollout-<k>/ (`swebench eval` of preds/rollout-<k>.jsonl into it), RUN/eval-rollout-<k>/
+    (`forage run`), RUN/tts/eval/rollout-<k>/ (the test-time-scaling report); None when none does."""
+    if rollout == 0:
+        return eval_dir
+    found = [
+        eval_dir / f"rollout-{rollout}",
+        run_dir / f"eval-rollout-{rollout}",
+        run_dir / "tts" / "eval" / f"rollout-{rollout}",
+    ]
+    return next((d for d in found if d.is_dir()), None)
+
+
+def eval_folder(run_dir: Path, eval_dir: Path, instance_id: str, rollout: int = 0) -> Path | None:
+    """The folder of an instance's evaluation for `rollout`, or None."""
+    root = rollout_eval_root(run_dir, eval_dir, rollout)
+    return None if root is None else root / instance_id
 
 
 def load_evaluation(folder: Path) -> Evaluation | None:
@@ -282,16 +296,20 @@ def load_run(path: Path, eval_dir: Path | None = None) -> RunFolder:
     elif not eval_dir.is_dir():
         raise RunFolderError(f"--eval {eval_dir}: no such folder")
     eval_summary = None
-    if eval_dir.is_dir():
-        try:
-            eval_summary = json.loads((eval_dir / "report.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            eval_summary = None
-        for item in items:
-            if item.kind != "patch":
-                continue
-            item.evaluation = load_evaluation(eval_folder(eval_dir, item.instance_id, item.rollout))
-    else:
+    try:
+        eval_summary = json.loads((eval_dir / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        eval_summary = None
+    folders: dict[int, Path | None] = {}
+    for item in items:
+        if item.kind != "patch":
+            continue
+        if item.rollout not in folders:
+            folders[item.rollout] = rollout_eval_root(path, eval_dir, item.rollout)
+        root = folders[item.rollout]
+        if root is not None and root.is_dir():
+            item.evaluation = load_evaluation(root / item.instance_id)
+    if not eval_dir.is_dir():
         eval_dir = None
     order = {iid: n for n, iid in enumerate(dict.fromkeys(i.instance_id for i in items))}
     items.sort(key=lambda i: (order[i.instance_id], i.kind != "patch", i.kind, i.rollout))

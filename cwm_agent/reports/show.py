@@ -44,6 +44,10 @@ class ShowError(UserError):
     """What was asked to show cannot be found or read."""
 
 
+class NotStarted(ShowError):
+    """The run folder's dataset has this instance, but its episode has not started yet."""
+
+
 @dataclass
 class ShowOptions:
     max_lines: int | None = 25
@@ -104,6 +108,9 @@ def locate(
         except RunFolderError as exc:
             raise ShowError(str(exc)) from None
         item = run.find(instance_id, kind, rollout)
+        rows = run.manifest.get("dataset", {}).get("rows", {}) if isinstance(run.manifest.get("dataset"), dict) else {}
+        if (item is None or item.trajectory is None) and instance_id in rows:
+            raise NotStarted(f"{item_id(instance_id, kind, rollout)} has not started yet in {path}")
         if item is None or item.trajectory is None:
             have = run.instance_ids()
             hint = f" (it has {len(have)}: {', '.join(have[:3])}{', ...' if len(have) > 3 else ''})" if have else ""
@@ -118,8 +125,9 @@ def locate(
         return Target(trajectory, _solve_evaluation(path, eval_dir))
     if path.parent.name == "trajectories" and is_run_folder(path.parent.parent):
         instance, kind, rollout = split_item_id(path.stem)
-        folder = eval_folder(eval_dir or path.parent.parent / "eval", instance, rollout)
-        return Target(path, load_evaluation(folder) if kind == "patch" else None)
+        run_dir = path.parent.parent
+        folder = eval_folder(run_dir, eval_dir or run_dir / "eval", instance, rollout)
+        return Target(path, load_evaluation(folder) if kind == "patch" and folder else None)
     return Target(path, _solve_evaluation(path.parent, eval_dir) if path.name == "trajectory.jsonl" else None)
 
 
@@ -349,6 +357,17 @@ def show_list(target: Target, console: Console) -> None:
         )
     if target.evaluation is not None:
         console.print(render_evaluation(target.evaluation))
+
+
+def wait_for_start(
+    path: Path, instance_id: str, kind: str, rollout: int, eval_dir: Path | None, poll: float = 0.5
+) -> Target:
+    """The target once the episode has started (its trajectory exists)."""
+    while True:
+        try:
+            return locate(path, instance_id, kind, rollout, eval_dir)
+        except NotStarted:
+            time.sleep(poll)
 
 
 def follow(
