@@ -217,3 +217,31 @@ def test_bad_input_is_one_line(tmp_path):
         "select", "--run", str(tmp_path / "run"), "--strategy", "best", "-o", str(tmp_path / "p.jsonl")
     )
     assert result.returncode == 2 and "unknown; use majority, cwm" in result.stderr
+
+
+def test_ctrl_c_removes_every_container_and_writes_no_predictions(run_dir, tmp_path):
+    import shutil
+    import signal
+
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("preds", "preds.jsonl", "results.jsonl", "run.json"):
+        (shutil.copytree if (run_dir / name).is_dir() else shutil.copy)(run_dir / name, copy / name)
+    proc = subprocess.Popen([*cli(), "swebench", "select", "--run", str(copy), "-o", str(tmp_path / "p.jsonl")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _launched.append(proc.pid)
+
+    def mine() -> list[str]:
+        return subprocess.run(["docker", "ps", "-aq", "--filter", f"label={OWNER_PID_LABEL}={proc.pid}"],
+                              capture_output=True, text=True).stdout.split()  # fmt: skip
+
+    deadline = time.monotonic() + 60
+    while not mine() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert mine(), "select started no container"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "containers removed" in err
+    assert not mine()
+    assert not (tmp_path / "p.jsonl").exists()  # no partial predictions

@@ -33,8 +33,26 @@ def _progress(message: str) -> None:
     err.print(f"[dim]{escape(message)}[/dim]", highlight=False)
 
 
-def _cleanup_hint(options) -> str:
-    return f"interrupted; results so far are cached (run again to continue); containers: run id {options.run_id}"
+def _guarded(options, work):
+    """Run `work()` so that Ctrl-C, SIGTERM or SIGHUP remove every container at once and exit 130/143/129.
+
+    Sandboxes start in worker threads, where no signal handler can be installed: installed here."""
+    from cwm_agent.sandbox import cleanup
+
+    cleanup.install_handlers()
+    with cleanup.sigterm_as_interrupt() as received:
+        try:
+            return work()
+        except KeyboardInterrupt:
+            cleanup.sweep_run(options.run_id)
+            how = "terminated" if received else "interrupted"
+            err.print(
+                f"{how} (run id {options.run_id}): containers removed; finished results are cached "
+                "(run again to continue).",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(cleanup.exit_code(received[0] if received else None)) from None
 
 
 def select_command(
@@ -55,11 +73,9 @@ def select_command(
         raise UsageError(f"-o {output} is a directory; pass a file such as {output / 'preds.jsonl'}.")
     chosen = load_strategy(strategy)
     options = _options(workers, test_timeout, top_tests)
-    try:
-        selections, stats = select(run, [chosen], dataset, split_ids(instance_ids), options, on_event=_progress)
-    except KeyboardInterrupt:
-        err.print(_cleanup_hint(options))
-        raise typer.Exit(130) from None
+    selections, stats = _guarded(
+        options, lambda: select(run, [chosen], dataset, split_ids(instance_ids), options, on_event=_progress)
+    )
     selection = selections[chosen.name]
     why = write_selection(selection, output)
     for record in selection.why:
@@ -99,12 +115,8 @@ def tts_report_command(
     options = _options(workers, test_timeout, top_tests)
     ids = [c.instance_id for c in load_candidates(run, split_ids(instance_ids))]
     instances = run_dataset(run, dataset, ids)
-    try:
-        selections, _ = select(run, chosen, dataset, ids, options, on_event=_progress)
-        outcomes = evaluate_rollouts(run, [instances[i] for i in ids], workers)
-    except KeyboardInterrupt:
-        err.print(_cleanup_hint(options))
-        raise typer.Exit(130) from None
+    selections, _ = _guarded(options, lambda: select(run, chosen, dataset, ids, options, on_event=_progress))
+    outcomes = _guarded(options, lambda: evaluate_rollouts(run, [instances[i] for i in ids], workers, options.run_id))
     report = make_report(run, ids, outcomes, selections)
     text = json.dumps(report.as_dict(), indent=2) + "\n"
     write_text_atomic(run / "tts" / "report.json", text)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from cwm_agent.sandbox import cleanup
 from cwm_agent.sandbox.base import RunStatus, SandboxConfig, SandboxError
 from cwm_agent.sandbox.docker import DockerSandbox
 from cwm_agent.swebench.dataset import SWEBenchInstance
@@ -302,7 +303,8 @@ class Executor:
                     runs += 1
         finally:
             seconds = round(time.monotonic() - started, 3)
-            self.cache.put_many(entries)
+            if not cleanup.signalled.is_set():  # a run cut short by a signal may look like a verdict: not cached
+                self.cache.put_many(entries)
             with self._lock:
                 self.stats.containers += 1
                 self.stats.container_seconds += seconds

@@ -30,9 +30,10 @@ from cwm_agent.tts.select import Selection
 
 
 def evaluate_rollouts(
-    run_dir: Path, instances: list[SWEBenchInstance], workers: int, options: EvalOptions | None = None
+    run_dir: Path, instances: list[SWEBenchInstance], workers: int, run_id: str | None = None
 ) -> dict[int, dict[str, InstanceResult]]:
     """rollout -> instance -> its official outcome (evaluated now, or read back)."""
+    options = EvalOptions(run_id=run_id) if run_id else EvalOptions()
     outcomes: dict[int, dict[str, InstanceResult]] = {}
     for k, path in rollout_pred_files(run_dir).items():
         preds = load_predictions(path)
