@@ -84,7 +84,11 @@ def test_item_ids_and_page_names():
     assert page_name('a"<b>') == "a__b_.html"
 
 
-def test_stats_on_what_is_not_a_run_folder(tmp_path):
+def test_stats_on_what_is_not_a_run_folder_and_a_report_that_cannot_be_written(tmp_path):
+    run = old_layout_run(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    proc = cwm("report", str(run), "-o", str(tmp_path / "a-file" / "report"))
+    assert proc.returncode == 2 and "cannot write the report" in proc.stderr and proc.stderr.count("\n") == 1
     (tmp_path / "plain").mkdir()
     proc = cwm("swebench", "stats", str(tmp_path / "plain"))
     assert proc.returncode == 2 and "is not a run folder" in proc.stderr and proc.stderr.count("\n") == 1

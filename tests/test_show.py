@@ -202,3 +202,23 @@ def test_text_in_brackets_prints_as_written(tmp_path):
         proc = show(str(path), *args)
         assert proc.returncode == 0, proc.stderr
         assert "echo [red]hi[/red]" in proc.stdout and "[bold]id[/bold]" in proc.stdout
+
+
+def test_follow_a_trajectory_written_again_from_its_start(tmp_path):
+    path = tmp_path / "t.jsonl"
+    write_trajectory(path, finished=False)
+    full = tmp_path / "full.jsonl"
+    write_trajectory(full)
+    proc = subprocess.Popen([sys.executable, "-m", "cwm_agent.cli", "show", str(path), "--follow"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={"COLUMNS": "120", "NO_COLOR": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert "Ctrl-C stops" in proc.stderr.readline()  # it has read the two turns
+    records = full.read_text().splitlines(keepends=True)
+    path.write_text(records[0])  # a resumed run starts the episode again
+    time.sleep(1.0)
+    with path.open("a") as fh:
+        fh.writelines(records[1:])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "the trajectory was started again" in out and "turn_limit" in out
+    assert out.count("Fix the bug in calc.py") == 2

@@ -108,15 +108,13 @@ def report(
     from cwm_agent.reports.runfolder import load_run
 
     run = load_run(run_dir, eval_dir)
-    if compare is None:
-        out = output or run_dir / "report"
-        check_output_dir(out)
-        index = write_report(run, out)
-    else:
-        other = load_run(compare)
-        out = output or run_dir / f"compare-{other.name}"
-        check_output_dir(out)
-        index = write_compare(run, other, out)
+    other = None if compare is None else load_run(compare)
+    out = output or (run_dir / "report" if other is None else run_dir / f"compare-{other.name}")
+    check_output_dir(out)
+    try:
+        index = write_report(run, out) if other is None else write_compare(run, other, out)
+    except OSError as exc:
+        raise UsageError(f"cannot write the report to {out}: {exc.strerror or exc} (pass -o DIR)") from None
     typer.echo(f"report: {index}")
 
 

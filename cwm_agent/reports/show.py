@@ -8,6 +8,7 @@ where it happens: lines left out of a long text, characters left out of a long l
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -382,10 +383,17 @@ def follow(
     offset, pending = 0, b""
     waited = False
     while True:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            chunk = fh.read()
-            offset = fh.tell()
+        try:
+            with path.open("rb") as fh:
+                if os.fstat(fh.fileno()).st_size < offset:
+                    # Written again from its start: a resumed run restarts an unfinished episode.
+                    console.print(Rule("the trajectory was started again", style="yellow"))
+                    offset, pending = 0, b""
+                fh.seek(offset)
+                chunk = fh.read()
+                offset = fh.tell()
+        except FileNotFoundError:
+            chunk = b""  # replaced right now; read it at the next poll
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
