@@ -13,6 +13,7 @@ Plugging in your own, e.g. a learned verifier behind an endpoint:
     class RewardModel:
         name = "reward-model"
         needs_execution = False          # True to also see the test results
+        needs_problem_statement = True   # fill instance.problem_statement from the dataset
         def __call__(self, instance, execution):
             scores = {c.patch_id: post(URL, issue=instance.problem_statement, patch=c.patch)
                       for c in instance.candidates}
@@ -23,6 +24,7 @@ Plugging in your own, e.g. a learned verifier behind an endpoint:
     cwm-agent swebench select --run DIR --strategy myverifier:reward_model -o preds.jsonl
 
 A plain function works too (`needs_execution` is then read from the function, default true).
+With `needs_execution`, `instance.problem_statement` is always filled in.
 """
 
 from __future__ import annotations
