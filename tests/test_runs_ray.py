@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -31,10 +27,10 @@ from cwm_agent.swebench.local import INSTANCES_FILE
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'cwm-agent[ray]')")
 
+from cwm_agent.benchmarks.ray_overhead import RAY_ENV, LocalCluster  # noqa: E402
 from cwm_agent.runs.executor import LocalExecutor, RayExecutor, map_items  # noqa: E402
 
 SLOTS = 2
-RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "COLUMNS": "200", "NO_COLOR": "1"}
 
 
 def cli() -> list[str]:
@@ -48,99 +44,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def descendants(pid: int) -> list[int]:
-    """`pid` and every process below it (Ray's workers are children of their node's raylet)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        todo.extend(children.get(current, []))
-    return out
-
-
-def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
-    for p in descendants(pid):
-        try:
-            os.kill(p, sig)
-        except ProcessLookupError:
-            pass
-
-
-class Cluster:
-    """A head node and worker nodes, each a `ray start --block` process (stopped by killing its tree)."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.temp_dir = tmp
-        self.nodes: list[subprocess.Popen] = []
-
-    def _start(self, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--object-store-memory", str(80 << 20),
-                  "--resources", json.dumps({"sandbox_slots": SLOTS}), "--block"]  # fmt: skip
-        proc = subprocess.Popen(
-            ["ray", "start", *args, *common], env=env or RAY_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        self.nodes.append(proc)
-        return proc
-
-    def start_head(self) -> None:
-        self._start(["--head", "--port", str(self.port), "--include-dashboard", "false", "--disable-usage-stats",
-                     "--temp-dir", str(self.temp_dir)])  # fmt: skip
-
-    def add_worker(self, env: dict[str, str] | None = None) -> subprocess.Popen:
-        return self._start(["--address", self.address], env)
-
-    def wait_nodes(self, count: int, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = subprocess.run(["ray", "status", "--address", self.address], capture_output=True, text=True,
-                                    env=RAY_ENV).stdout  # fmt: skip
-            active = status.split("Active:", 1)[-1].split("Pending:", 1)[0]
-            if active.count("node_") >= count:
-                return
-            time.sleep(1)
-        pytest.fail(f"the local Ray cluster did not reach {count} nodes in {timeout:.0f} s")
-
-    def stop_node(self, proc: subprocess.Popen) -> None:
-        kill_tree(proc.pid)
-        proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        for proc in reversed(self.nodes):
-            if proc.poll() is None:
-                kill_tree(proc.pid, signal.SIGTERM)
-        time.sleep(2)
-        for proc in reversed(self.nodes):
-            kill_tree(proc.pid)
-            proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    tmp = Path(f"/tmp/cwmray-{uuid.uuid4().hex[:6]}")
-    c = Cluster(tmp)
+    c = LocalCluster(slots=SLOTS)
     try:
-        c.start_head()
-        c.add_worker()
-        c.wait_nodes(2)
+        c.start(workers=1)
         yield c
     finally:
         if ray.is_initialized():
             ray.shutdown()
         c.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- the executor on its own --------------------------------------------------------------------
@@ -314,7 +227,8 @@ def test_a_worker_node_lost_mid_run_has_its_work_finished_on_the_other(cluster, 
         )  # fmt: skip
 
         def episodes_started() -> int:
-            return sum(1 for s in (a, b) for r in s.generation_requests() if r.prompt.count(ASSISTANT_HEADER) == 1)
+            prompts = [r.prompt or "" for s in (a, b) for r in s.generation_requests()]
+            return sum(1 for prompt in prompts if prompt.count(ASSISTANT_HEADER) == 1)
 
         deadline = time.monotonic() + 120
         while episodes_started() < 2 * SLOTS and time.monotonic() < deadline and proc.poll() is None:
@@ -334,5 +248,7 @@ def test_a_worker_node_lost_mid_run_has_its_work_finished_on_the_other(cluster, 
     assert len(list((out / "trajectories").iterdir())) == 6
     assert len((out / "preds.jsonl").read_text().splitlines()) == 3
     # what the lost node's sandboxes left is removed by the documented command
-    subprocess.run([*cli(), "sandbox", "prune", "--dead-only"], capture_output=True, text=True, env=RAY_ENV)
+    run_id = json.loads((out / "run.json").read_text())["run_ids"][0]
+    prune = [*cli(), "sandbox", "prune", "--run-id", run_id, "--dead-only"]
+    subprocess.run(prune, capture_output=True, text=True, env=RAY_ENV)
     assert run_containers(out) == []

@@ -38,7 +38,7 @@ on that node removes them.
 
 Several model endpoints: an executor gives every item the run's one `Router` (`Place.router`), so
 `EndpointPool.rollout` balances new rollouts over the whole run: in process for the local executor,
-in one Ray actor (on the driver's node) for the Ray executor.
+in one Ray actor (on the head node) for the Ray executor.
 """
 
 from __future__ import annotations
@@ -178,7 +178,11 @@ class _RayRouter:
         self.actor = actor
 
     async def acquire(self, key: str) -> int:
-        return await self.actor.acquire.remote(key)
+        try:
+            return await self.actor.acquire.remote(key)
+        except Exception as exc:  # noqa: BLE001 - routing is advice: an unreachable router must not fail the item
+            log.warning("the endpoint router did not answer (%s): endpoint 0 for %s", type(exc).__name__, key)
+            return 0
 
     def release(self, key: str) -> None:
         self.actor.release.remote(key)
@@ -375,14 +379,13 @@ class RayExecutor:
 
     async def open(self, out_dir: Path, *, endpoints: int = 1, images: Sequence[str] = ()) -> None:
         ray = self._ray or self.connect()
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self._out_dir = out_dir
-        here = ray.get_runtime_context().get_node_id()
-        # One table for the whole run, next to the driver (it lives and dies with the run).
+        # One table for the whole run, on the head node (whose loss is the cluster's); restarted (empty)
+        # should it die anyway: the counts are advice, the run goes on.
         self._actor = (
             ray.remote(num_cpus=0)(LoadTable)
-            .options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True))
+            .options(resources={"node:__internal_head__": 0.001}, max_restarts=-1, max_task_retries=-1)
             .remote(endpoints)
         )
         self.router = _RayRouter(self._actor)
