@@ -186,5 +186,40 @@ def test_a_folder_a_run_is_still_writing_is_refused(tmp_path: Path):
     assert [i.instance_id for i in load_candidates(tmp_path)] == ["i"]  # a lock left by an ended run: fine
 
 
+class ReadsTheIssue:
+    name = "reads-the-issue"
+    needs_execution = False
+    needs_problem_statement = True
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    def __call__(self, instance, execution):
+        self.seen[instance.instance_id] = instance.problem_statement
+        return Choice(instance.candidates[0].patch_id, "first")
+
+
+def test_a_plug_in_gets_the_issue_text_and_its_choice_is_written_with_why(tmp_path: Path):
+    from cwm_agent.swebench.dataset import load_instances
+    from cwm_agent.swebench.local import INSTANCES_FILE
+    from cwm_agent.tts.select import select, write_selection
+
+    (inst,) = load_instances(INSTANCES_FILE, instance_ids=["cwm-local__six-1"])
+    (tmp_path / "preds.jsonl").write_text(
+        json.dumps({"instance_id": inst.instance_id, "model_patch": inst.patch}) + "\n"
+    )
+    (tmp_path / "run.json").write_text(json.dumps({"dataset": {"source": str(INSTANCES_FILE)}, "model": {"id": "m"}}))
+    strategy = ReadsTheIssue()
+    selections, stats = select(tmp_path, [strategy])
+    assert strategy.seen == {inst.instance_id: inst.problem_statement} and stats.containers == 0
+    why = write_selection(selections["reads-the-issue"], tmp_path / "out" / "preds.jsonl")
+    assert why.name == "preds.why.jsonl"
+    (pred,) = [json.loads(line) for line in (tmp_path / "out" / "preds.jsonl").read_text().splitlines()]
+    assert pred == {"instance_id": inst.instance_id, "model_name_or_path": "m+tts-reads-the-issue",
+                    "model_patch": inst.patch}  # fmt: skip
+    (record,) = [json.loads(line) for line in why.read_text().splitlines()]
+    assert record["reason"] == "first" and record["rollouts"] == [0] and "execution" not in record
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
