@@ -126,10 +126,10 @@ class SandboxConfig(BaseModel):
     """CWM's session buffer limit: a command whose output (plus CWM's 9-byte end-of-command line) passes
     this many bytes ends the session like a timeout (`RunStatus.OUTPUT_TOO_LONG`); output within it comes
     back whole. To keep a bigger output, redirect it to a file."""
-    max_read_bytes: int = Field(32 * 1024**2, ge=1_000)
+    max_read_bytes: int = Field(32_000_000, ge=1_000)
     """Most bytes of one file read from the sandbox (the edit and submit tools, evaluation files); a larger
     file is an error naming this cap."""
-    max_diff_bytes: int = Field(20 * 1024**2, ge=1_000)
+    max_diff_bytes: int = Field(20_000_000, ge=1_000)
     """Most bytes of the final diff of the working tree; a larger one is not taken (an error naming this
     cap; the submitted patch is kept either way)."""
     cap_add: list[str] = Field(default_factory=lambda: list(DEFAULT_CAPS))
