@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -213,6 +214,49 @@ def test_a_cluster_that_is_not_there_is_one_line(tmp_path):
     assert proc.returncode == 2 and "--ray-address goes with --executor ray" in proc.stderr
 
 
+def episodes_started(*servers: ScriptedServer) -> int:
+    """First turns the servers answered: one per episode started (again, after a loss)."""
+    prompts = [r.prompt or "" for s in servers for r in s.generation_requests()]
+    return sum(1 for prompt in prompts if prompt.count(ASSISTANT_HEADER) == 1)
+
+
+@pytest.mark.docker
+def test_a_killed_driver_leaves_a_run_that_resumes_on_ray(cluster, gold, tmp_path):
+    a, b = gold
+    out = tmp_path / "run"
+    args = [*cli(), "swebench", "run", "--dataset", str(INSTANCES_FILE), "--rollouts", "2", "--output", str(out),
+            "--model-url", a.url, "--model-url", b.url, "--executor", "ray",
+            "--ray-address", cluster.address]  # fmt: skip
+    a.latency = b.latency = 0.5
+    try:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=RAY_ENV)
+        results = out / "results.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if results.exists() and len(results.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        time.sleep(3)  # Ray ends the dead driver's tasks
+    finally:
+        a.latency = b.latency = 0.0
+    done_before = {json.loads(line)["item_id"] for line in results.read_text().splitlines() if line.strip()}
+    assert 2 <= len(done_before) < 6
+    started = episodes_started(a, b)
+
+    again = subprocess.run(args, capture_output=True, text=True, env=RAY_ENV, timeout=240)
+    assert again.returncode == 0, again.stderr
+    assert episodes_started(a, b) - started == 6 - len(done_before)  # finished items are not run again
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(rows) == 6 and len({r["item_id"] for r in rows}) == 6
+    assert {r["status"] for r in rows} == {"submitted"}
+    assert len((out / "preds.jsonl").read_text().splitlines()) == 3
+    first_run = json.loads((out / "run.json").read_text())["run_ids"][0]
+    subprocess.run([*cli(), "sandbox", "prune", "--run-id", first_run, "--dead-only"], capture_output=True, env=RAY_ENV)
+    assert run_containers(out) == []
+
+
 @pytest.mark.docker
 def test_a_worker_node_lost_mid_run_has_its_work_finished_on_the_other(cluster, gold, tmp_path):
     """Last in the module: the worker node does not come back."""
@@ -226,21 +270,17 @@ def test_a_worker_node_lost_mid_run_has_its_work_finished_on_the_other(cluster, 
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=RAY_ENV,
         )  # fmt: skip
 
-        def episodes_started() -> int:
-            prompts = [r.prompt or "" for s in (a, b) for r in s.generation_requests()]
-            return sum(1 for prompt in prompts if prompt.count(ASSISTANT_HEADER) == 1)
-
         deadline = time.monotonic() + 120
-        while episodes_started() < 2 * SLOTS and time.monotonic() < deadline and proc.poll() is None:
+        while episodes_started(a, b) < 2 * SLOTS and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
-        assert episodes_started() >= 2 * SLOTS, "the run never had both nodes busy"
+        assert episodes_started(a, b) >= 2 * SLOTS, "the run never had both nodes busy"
         time.sleep(1.0)
         cluster.stop_node(cluster.nodes[1])  # the worker node, all its processes at once
         stdout, stderr = proc.communicate(timeout=240)
     finally:
         a.latency = b.latency = 0.0
     assert proc.returncode == 0, stderr
-    assert episodes_started() > 6, "no episode of the lost node was run again"
+    assert episodes_started(a, b) > 6, "no episode of the lost node was run again"
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     ids = [row["item_id"] for row in lines]
     assert len(ids) == 6 and len(set(ids)) == 6, ids
