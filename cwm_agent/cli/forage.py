@@ -85,7 +85,18 @@ def run_command(
     output: Path = typer.Option(..., "--output", "-o", help="Run folder."),
     workers: int = typer.Option(4, "--workers", "-w", min=1, help="Episodes at once (one sandbox each)."),
     rollouts: int = typer.Option(1, "--rollouts", "-k", min=1, help="Trajectories per task."),
-    model_url: Optional[str] = typer.Option(None, "--model-url", help="OpenAI-compatible endpoint."),
+    model_urls: Optional[List[str]] = typer.Option(
+        None, "--model-url", help="OpenAI-compatible endpoint; repeat for several servers of one model."
+    ),
+    model_urls_file: Optional[Path] = typer.Option(
+        None, "--model-urls-file", help="A file of model server URLs, one per line (with or instead of --model-url)."
+    ),
+    executor_name: str = typer.Option(
+        "local", "--executor", help="Where episodes and evaluations run: local (this host, -w at once) or ray."
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="The Ray cluster's address HOST:PORT (default: the one this host belongs to)."
+    ),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML config (see `cwm-agent config`)."),
     set_options: Optional[List[str]] = typer.Option(None, "--set", "-c", help=SET_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed of rollout k is SEED + k."),
@@ -103,8 +114,10 @@ def run_command(
     from cwm_agent.agent.config import load_config
     from cwm_agent.cli.common import merge
     from cwm_agent.forager.collect import evaluate_rollouts, keep_tasks
+    from cwm_agent.model.endpoints import endpoint_urls
     from cwm_agent.runs.batch import exit_code
     from cwm_agent.runs.display import LiveDisplay
+    from cwm_agent.runs.executor import make_executor
     from cwm_agent.runs.summary import summary_lines
     from cwm_agent.sandbox.cleanup import signal_exit_code, sigterm_as_interrupt, sweep_run
     from cwm_agent.swebench.batch import SWEBenchRun, check_unique
@@ -112,8 +125,10 @@ def run_command(
     from cwm_agent.swebench.evaluate import EvalOptions
 
     check_output_dir(output)
-    overrides = merge(parse_set_options(set_options), {"model": {"url": model_url} if model_url else {}})
+    urls = endpoint_urls(model_urls, model_urls_file)
+    overrides = merge(parse_set_options(set_options), {"model": {"url": urls[0]} if urls else {}})
     config = load_config(config_file, overrides)
+    executor = make_executor(executor_name, ray_address)
     instances = load_instances(tasks)
     if not instances:
         raise UsageError(f"--tasks {tasks} holds no task.")
@@ -121,7 +136,7 @@ def run_command(
     run = SWEBenchRun(
         instances=instances, config=config, output=output, dataset_source=str(tasks.resolve()), workers=workers,
         rollouts=rollouts, seed=seed, grade_unfinished=grade_unfinished, rerun_errors=rerun_errors,
-        allow_mixed=allow_mixed, run_id=uuid.uuid4().hex[:12],
+        allow_mixed=allow_mixed, run_id=uuid.uuid4().hex[:12], urls=urls, executor=executor,
     )  # fmt: skip
 
     def announce(batch) -> None:  # noqa: ANN001
@@ -140,7 +155,7 @@ def run_command(
                 keep_tasks(instances, output)
                 result = asyncio.run(run.run(lambda p: LiveDisplay(p, err), announce))
                 summary = evaluate_rollouts(
-                    instances, output, rollouts, workers, EvalOptions(run_id=run.run_id), on_result
+                    instances, output, rollouts, workers, EvalOptions(run_id=run.run_id), on_result, executor
                 )
         except BaseException:
             sweep_run(run.run_id)

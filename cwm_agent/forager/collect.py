@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from cwm_agent.agent.files import write_text_atomic
 from cwm_agent.swebench.dataset import SWEBenchInstance, load_instances, load_predictions
@@ -53,8 +53,10 @@ def evaluate_rollouts(
     workers: int,
     options: EvalOptions | None = None,
     on_result: Callable[[int, InstanceResult], None] | None = None,
+    executor: Any = None,
 ) -> dict:
-    """Evaluate every rollout's predictions (finished ones are skipped); writes and returns DIR/forage.json."""
+    """Evaluate every rollout's predictions (finished ones are skipped); writes and returns DIR/forage.json.
+    `executor`: where the evaluations run (`cwm_agent.runs.executor`; None: this host)."""
     summary: dict = {"tasks": len(tasks), "rollouts": rollouts, "by_rollout": {}}
     totals: Counter = Counter()
     for k in range(rollouts):
@@ -69,6 +71,7 @@ def evaluate_rollouts(
             workers,
             options,
             (lambda r, k=k: on_result(k, r)) if on_result else None,
+            executor=executor,
         )
         outcomes = Counter(r.outcome for r in results)
         totals.update(outcomes)
