@@ -309,3 +309,25 @@ def test_a_batch_where_every_item_errors_exits_3_and_suggests_no_evaluation(mode
     assert re.search(r"image_error \(3\), first: No image for cwm-local__missing-\d: tried ", proc.stdout)
     assert "build it with `cwm-agent swebench build-local`" in proc.stdout  # the first full message
     assert "0 of 3 with a patch" in proc.stdout and "evaluate them with" not in proc.stdout
+
+
+def test_a_folder_from_before_manifests_is_resumed_without_losing_its_patches(model, tmp_path):
+    server, _ = model
+    out = tmp_path / "run"
+    out.mkdir()
+    patch = (
+        "diff --git a/inflection.py b/inflection.py\n--- a/inflection.py\n+++ b/inflection.py\n@@ -1 +1 @@\n-a\n+b\n"
+    )
+    older = {"instance_id": IDS[0], "status": "submitted", "detail": "", "submitted": True, "turns": 4,
+             "context_tokens": 3402, "completion_tokens": 347, "elapsed": 2.5}  # fmt: skip
+    (out / "results.jsonl").write_text(json.dumps(older) + "\n")
+    prediction = {"instance_id": IDS[0], "model_name_or_path": server.model, "model_patch": patch}
+    (out / "preds.jsonl").write_text(json.dumps(prediction) + "\n")
+    proc = run(out, server)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3/3 work items done (2 in this run, 1 before)" in proc.stdout
+    results = lines(out / "results.jsonl")
+    assert [r["item_id"] for r in results] == IDS
+    assert results[0]["submission"] == patch and results[0]["graded"] and results[0]["turns"] == 4
+    assert lines(out / "preds.jsonl")[0]["model_patch"] == patch
+    assert json.loads((out / "run.json").read_text())["model"]["id"] == server.model

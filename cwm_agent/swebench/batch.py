@@ -216,6 +216,8 @@ class SWEBenchRun:
         _, diffs = self.folder.open(manifest, self.allow_mixed)
         executor = self.executor or LocalExecutor()
         try:
+            if old is None:
+                self.adopt_older_folder()
             images = sorted({name for item in items if item.image for name in item.image.candidates})
             await executor.open(self.output, endpoints=len(pool.urls), images=images)
             batch.config = config
@@ -237,6 +239,29 @@ class SWEBenchRun:
             finally:
                 self.folder.close()
         return SWEBenchResult(batch.progress, self._written, self.run_id, self.folder)
+
+    def adopt_older_folder(self) -> None:
+        """A folder written before run folders had a manifest kept each patch only in preds.jsonl: copy
+        them into the results (as `submission`) before the predictions are rewritten from the results."""
+        results = self.folder.read_results()
+        if not any(r.submission is None and r.status == "submitted" for r in results.values()):
+            return
+        patches: dict[str, str] = {}
+        path = self.predictions_path(0)
+        if path.exists():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    prediction = Prediction.model_validate_json(line)
+                except ValueError:
+                    continue
+                patches[prediction.instance_id] = prediction.model_patch
+        lines = []
+        for record in results.values():
+            patch = patches.get(record.instance_id)
+            if record.submission is None and record.item_id == record.instance_id and patch:
+                record = record.model_copy(update={"submission": patch})
+            lines.append(record.model_dump_json() + "\n")
+        write_if_changed(self.folder.results_path, "".join(lines))
 
     def _on_finish(self, batch: BatchRun, model_id: str) -> None:
         """Predictions follow the results: appended as items finish, rewritten from the results at the end."""
