@@ -36,6 +36,7 @@ from cwm_agent.model.scripted_server import ScriptedServer
 from cwm_agent.sandbox.base import OWNER_PID_LABEL
 from cwm_agent.swebench.local import INSTANCES_FILE
 from cwm_agent.tts.patches import patch_id
+from cwm_agent.tts.report import rollout_eval_dir
 
 pytestmark = pytest.mark.docker
 _launched: list[int] = []
@@ -187,7 +188,7 @@ def test_report_pass_at_1_and_k_match_the_evaluation_of_each_rollout(cwm_select,
     for iid, resolved in RESOLVED.items():
         evaluated = {
             k for k in range(K)
-            if json.loads((run_dir / "tts" / "eval" / f"rollout-{k}" / iid / "result.json").read_text())["outcome"]
+            if json.loads((rollout_eval_dir(run_dir, k) / iid / "result.json").read_text())["outcome"]
             == "resolved"
         }  # fmt: skip
         assert evaluated == resolved, iid
@@ -195,6 +196,8 @@ def test_report_pass_at_1_and_k_match_the_evaluation_of_each_rollout(cwm_select,
         assert entry["pass@1"] == pytest.approx(len(resolved) / K)
         assert entry["pass@k"] is True
         assert entry["strategies"]["cwm"]["resolved"] is True
+    assert (run_dir / "eval" / INFLECTION / "result.json").exists()  # rollout 0: the run's own eval/ folder
+    assert (run_dir / "tts" / "eval" / "rollout-1" / INFLECTION / "result.json").exists()
     total = report["total"]
     assert total["pass@1"] == pytest.approx(sum(len(r) / K for r in RESOLVED.values()) / 3, abs=1e-4)
     assert total["pass@k"] == 1.0

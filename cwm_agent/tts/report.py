@@ -1,8 +1,8 @@
 """The test-time-scaling report: pass@1, pass@k, each strategy's accuracy and gap, cost per stage.
 
-Every rollout's predictions (`preds/rollout-<k>.jsonl`) are evaluated like `swebench eval` does
-(same code, a fresh container per prediction, into `RUN_DIR/tts/eval/rollout-<k>/`; instances
-already evaluated there are read back). From those official outcomes:
+Every rollout's predictions (`preds.jsonl`, `preds/rollout-<k>.jsonl`) are evaluated like `swebench
+eval` does (same code, a fresh container per prediction, into `rollout_eval_dir`; instances already
+evaluated there are read back). From those official outcomes:
 
 - pass@1 of an instance: the mean over its rollouts of resolved; in total, the mean over instances;
 - pass@k: resolved by any rollout;
@@ -37,9 +37,19 @@ def evaluate_rollouts(
     outcomes: dict[int, dict[str, InstanceResult]] = {}
     for k, path in rollout_pred_files(run_dir).items():
         preds = load_predictions(path)
-        _, results = evaluate_predictions(instances, preds, run_dir / "tts" / "eval" / f"rollout-{k}", workers, options)
+        _, results = evaluate_predictions(instances, preds, rollout_eval_dir(run_dir, k), workers, options)
         outcomes[k] = {r.instance_id: r for r in results}
     return outcomes
+
+
+def rollout_eval_dir(run_dir: Path, rollout: int) -> Path:
+    """Where rollout k's evaluation goes: `RUN/eval/` for rollout 0 (the run folder's evaluation of
+    `preds.jsonl`); for the others `RUN/eval/rollout-<k>/` when a `swebench eval` was run there, else
+    `RUN/tts/eval/rollout-<k>/`. Instances already evaluated there are read back, not run again."""
+    if rollout == 0:
+        return run_dir / "eval"
+    theirs = run_dir / "eval" / f"rollout-{rollout}"
+    return theirs if theirs.is_dir() else run_dir / "tts" / "eval" / f"rollout-{rollout}"
 
 
 @dataclass
