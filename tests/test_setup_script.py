@@ -79,7 +79,10 @@ def test_setup_installs_into_a_venv_on_debian_12s_externally_managed_python(tmp_
     )
     tag = "cwm-agent/test-setup:latest"
     build = subprocess.run(
-        ["docker", "build", "--network", "none", "-t", tag, str(context)], capture_output=True, text=True, timeout=600
+        ["docker", "build", "--force-rm", "--network", "none", "-t", tag, str(context)],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     log = subprocess.run(
