@@ -87,7 +87,7 @@ def test_in_a_wide_terminal_the_block_is_redrawn_every_second_without_events():
     for second in ("0:00:01", "0:00:02", "0:00:03"):
         assert f"elapsed {second}" in text, text
     assert "\x1b[" in screen  # drawn in place (cursor movement), not as a stream of lines
-    assert "django__django-11099  turn   0" in text and "sympy__sympy-20590.patch-3" in text
+    assert "django__django-11099  turn   1" in text and "sympy__sympy-20590.patch-3" in text
     assert "11/40 done  2 running" in text
     assert "endings: submitted 1" in text
     # The ETA counts only this process's pace: 1 item in ~1.2 s, 29 left -> about 35 s, never 0:00:00.

@@ -101,7 +101,7 @@ class LiveDisplay:
         now = time.monotonic()
         shown = running if len(running) <= room else running[: room - 1]
         for r in shown:
-            suffix = f"  turn {r.turn:>3}  {clock(now - r.started)}"
+            suffix = f"  turn {r.turn + 1:>3}  {clock(now - r.started)}"  # the turn under way
             name = (
                 r.item_id if len(r.item_id) + len(suffix) + 2 <= width else r.item_id[: width - len(suffix) - 3] + "…"
             )
