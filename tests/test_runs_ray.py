@@ -258,6 +258,29 @@ def test_a_killed_driver_leaves_a_run_that_resumes_on_ray(cluster, gold, tmp_pat
 
 
 @pytest.mark.docker
+def test_task_collection_runs_and_evaluates_on_ray(cluster, local_images, tmp_path):
+    """`forage run --executor ray`: episodes and evaluations in the per-task images `forage tasks` built."""
+    from forage_tasks import generated
+
+    from cwm_agent.swebench.dataset import load_instances
+
+    tasks_file, _ = generated(3, 11)  # the generation test_forager_* use (made once per session)
+    tasks = load_instances(tasks_file)[:2]
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("".join(json.dumps(t.as_dict()) + "\n" for t in tasks))
+    out = tmp_path / "run"
+    with ScriptedServer(policy=GoldPolicy(tasks)) as server:
+        proc = subprocess.run(
+            [*cli(), "forage", "run", "--tasks", str(path), "--output", str(out), "--model-url", server.url,
+             "--executor", "ray", "--ray-address", cluster.address],
+            capture_output=True, text=True, env=RAY_ENV, timeout=600,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {r["status"] for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())} == {"submitted"}
+    assert json.loads((out / "forage.json").read_text())["outcomes"] == {"resolved": 2}
+
+
+@pytest.mark.docker
 def test_a_worker_node_lost_mid_run_has_its_work_finished_on_the_other(cluster, gold, tmp_path):
     """Last in the module: the worker node does not come back."""
     a, b = gold
