@@ -23,7 +23,7 @@ from cwm_agent.agent.config import RunConfig
 from cwm_agent.agent.record import EpisodeRecord, TokenTotals
 from cwm_agent.agent.run import run_task
 from cwm_agent.agent.task import Task
-from cwm_agent.model.client import ModelClient
+from cwm_agent.model.client import ModelClient, ModelDownError
 from cwm_agent.sandbox.base import ImageNotFoundError, SandboxError
 
 log = logging.getLogger(__name__)
@@ -149,17 +149,9 @@ class ItemContext:
     """A docker client for image lookups; None: one is made when needed."""
 
 
-class ModelDown(Exception):
-    """Marker base the driver checks (besides `model.client.ModelDownError`) to stop a batch."""
-
-
 def is_model_down(exc: BaseException) -> bool:
-    """The model server is gone for good (the client's breaker tripped): stop the whole batch."""
-    try:
-        from cwm_agent.model.client import ModelDownError  # added by the model engineer
-    except ImportError:
-        return isinstance(exc, ModelDown)
-    return isinstance(exc, (ModelDownError, ModelDown))
+    """The model server is gone for good (the client's circuit breaker opened): stop the whole batch."""
+    return isinstance(exc, ModelDownError)
 
 
 def find_image(lookup: ImageLookup, docker_client: Any, instance_id: str) -> str:
