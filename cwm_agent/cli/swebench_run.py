@@ -103,7 +103,8 @@ def run_command(
     """Run the agent on each instance (N sandboxes at once); resumable: finished work items are skipped.
 
     Exit status: 0 when every work item ran (whatever the model did), 3 when some errored, 4 when the
-    model server went down and the run was stopped, 2 for a mistake in the command.
+    model server went down and the run was stopped, 2 for a mistake in the command, 1 when the harness
+    itself failed (traceback in logs/harness.log), 130/143 on Ctrl-C/SIGTERM (run again to resume).
     """
     from cwm_agent.agent.config import load_config
     from cwm_agent.cli.common import merge
