@@ -37,13 +37,17 @@ sandbox_app = _typer("sandbox", "Manage the project's sandbox containers.")
 forage_app = _typer("forage", "ForagerAgent: mutate-fix tasks from a repository image, trajectories, training records.")
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _main(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
 ) -> None:
     if version:
         typer.echo(__version__)
         raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(2)
 
 
 COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any]]] = [

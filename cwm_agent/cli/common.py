@@ -81,6 +81,8 @@ def parse_set_options(pairs: Optional[list[str]]) -> dict[str, Any]:
             if not isinstance(child, dict):
                 raise UsageError(f"-c {pair!r}: {part} is given both a value and sub-keys")
             node = child
+        if isinstance(node.get(leaf), dict):
+            raise UsageError(f"-c {pair!r}: {key} is given both a value and sub-keys")
         node[leaf] = value
     return nested
 
