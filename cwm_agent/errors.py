@@ -16,3 +16,10 @@ class UserError(Exception):
 
     exit_code: int = 2
     """Exit status of a command that ends on this error."""
+
+
+class ReleaseError(UserError):
+    """A checkout given as CWM's release (`--cwm-release`) lacks a file or a name the harness reads.
+
+    Here because two parts read the release: `prompts.release` (texts) and `tools.release` (tool
+    messages and plugins)."""

@@ -99,3 +99,22 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 SET_HELP = "Override one config key, e.g. -c agent.max_turns=10 (repeatable; see `cwm-agent config`)."
+
+RELEASE_HELP = (
+    "A checkout of CWM's release (github.com/facebookresearch/cwm): show the model CWM's exact texts and run its "
+    "edit/create plugins (also cwm_release: in the config, or CWM_RELEASE)."
+)
+
+
+def release_override(path: Optional[Path]) -> dict[str, Any]:
+    """The config override for `--cwm-release PATH`, after checking that every text and plugin the harness reads
+    is in the checkout (a one-line error naming the file and the name otherwise, before anything starts)."""
+    if path is None:
+        return {}
+    from cwm_agent.prompts.release import load_release_texts  # inside: CLI start-up time
+    from cwm_agent.tools.release import load_release
+
+    root = path.expanduser().resolve()
+    load_release_texts(root)
+    load_release(root)
+    return {"cwm_release": str(root)}

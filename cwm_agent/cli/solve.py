@@ -7,13 +7,13 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cwm_agent.cli.common import make_output_dir
+from cwm_agent.cli.common import RELEASE_HELP, SET_HELP, make_output_dir, merge, parse_set_options, release_override
 from cwm_agent.cli.console import err
 from cwm_agent.cli.console import user_error as _fail
 
@@ -134,6 +134,8 @@ def solve(
     sandbox: Optional[str] = typer.Option(None, "--sandbox", help="docker (default) or local (no isolation!)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty output directory."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Don't stream the turns as they happen."),
+    cwm_release: Optional[Path] = typer.Option(None, "--cwm-release", help=RELEASE_HELP),
+    set_options: Optional[List[str]] = typer.Option(None, "-c", "--set", help=SET_HELP),
 ) -> None:
     """Solve an issue in a repository: writes DIR/patch.diff and DIR/trajectory.jsonl; streams each turn."""
     from cwm_agent.agent.config import ConfigError, load_config
@@ -144,11 +146,13 @@ def solve(
     from cwm_agent.sandbox.cleanup import signal_exit_code, sigterm_as_interrupt, sweep_run
 
     problem = _read_issue(issue)
-    overrides = {
+    flags = {
         "model": {"url": model_url} if model_url else {},
         "agent": {"max_turns": max_turns} if max_turns is not None else {},
         "sandbox": {"backend": sandbox} if sandbox else {},
+        **release_override(cwm_release),
     }
+    overrides = merge(parse_set_options(set_options), flags)
     try:
         config = load_config(config_file, overrides)
     except ConfigError as exc:

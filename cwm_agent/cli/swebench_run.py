@@ -10,7 +10,14 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
-from cwm_agent.cli.common import SET_HELP, check_output_dir, parse_set_options, split_ids
+from cwm_agent.cli.common import (
+    RELEASE_HELP,
+    SET_HELP,
+    check_output_dir,
+    parse_set_options,
+    release_override,
+    split_ids,
+)
 from cwm_agent.cli.console import err
 from cwm_agent.cli.console import user_error as _fail
 
@@ -63,6 +70,7 @@ def run_command(
     ),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML config (see `cwm-agent config`)."),
     set_options: Optional[List[str]] = typer.Option(None, "-c", "--set", help=SET_HELP),
+    cwm_release: Optional[Path] = typer.Option(None, "--cwm-release", help=RELEASE_HELP),
     instance_ids: Optional[List[str]] = typer.Option(
         None, "--instance-ids", help="Only these instances (repeat, or comma-separated)."
     ),
@@ -121,7 +129,9 @@ def run_command(
     from cwm_agent.swebench.dataset import load_instances
 
     urls = endpoint_urls(model_urls, model_urls_file)
-    overrides = merge(parse_set_options(set_options), {"model": {"url": urls[0]} if urls else {}})
+    overrides = merge(
+        parse_set_options(set_options), {"model": {"url": urls[0]} if urls else {}, **release_override(cwm_release)}
+    )
     config = load_config(config_file, overrides)
     executor = make_executor(executor_name, ray_address)
     filters = {"instance_ids": split_ids(instance_ids), "repos": split_ids(repos), "slice": slice_,

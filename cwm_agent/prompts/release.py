@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from cwm_agent.errors import UserError
+from cwm_agent.errors import ReleaseError
 from cwm_agent.prompts.parse import ParseMessages
 from cwm_agent.prompts.texts import Texts
 
@@ -23,10 +23,6 @@ TESTGEN_FILE = "cwm/rl/envs/envs/swerl_testgen_tool.py"
 PROMPTS_FILE = "cwm/rl/envs/prompts.py"
 PARSER_FILE = "cwm/rl/swerl/default_tools.py"
 TOOLS_FILE = "cwm/rl/swerl/tools.py"
-
-
-class ReleaseError(UserError):
-    """The checkout of CWM's release lacks a file or a name the harness reads."""
 
 
 def _module(root: Path, rel: str) -> ast.Module:

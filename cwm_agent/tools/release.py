@@ -16,7 +16,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from cwm_agent.errors import UserError
+from cwm_agent.errors import ReleaseError
 from cwm_agent.sandbox.base import RunStatus, Sandbox
 from cwm_agent.tools.base import ToolContext, ToolResult
 
@@ -25,10 +25,6 @@ TOOLS_FILE = SWERL_DIR / "tools.py"
 CONFIGS_FILE = SWERL_DIR / "default_configs.py"
 PLUGINS_DIR = SWERL_DIR / "plugins"
 PLUGIN_NAMES = ("edit", "create")
-
-
-class ReleaseError(UserError):
-    """The checkout given as CWM's release lacks a file or a name the harness reads."""
 
 
 @dataclass(frozen=True)
