@@ -3,7 +3,8 @@
 # (.venv: Debian's and Ubuntu's own Python is "externally managed" and takes no pip installs), the
 # Docker engine, the base sandbox image. Idempotent; needs root (or sudo) for apt and the engine.
 #   bash scripts/setup.sh [--test] [--trust-host-ca] [--python-only]
-#     --test           also install the test dependencies (pytest, hypothesis, tiktoken, ruff), fetch Llama 3's
+#     --test           also install the test dependencies (pytest, hypothesis, tiktoken, ruff, playwright with
+#                      Debian's chromium), fetch Llama 3's
 #                      tokenizer.model (CWM's BPE) and build the local SWE-bench instance images the tests use
 #     --trust-host-ca  image builds trust this host's CA bundle (TLS-inspecting proxies)
 #     --python-only    only the virtual environment and the package (no Docker engine, no images)
@@ -76,6 +77,9 @@ if [ "$python_only" = 0 ]; then
     "$venv/bin/python" -m cwm_agent.model.tokenizer fetch
     # The tests evaluate on the local SWE-bench instances: build their images now (seconds when present).
     "$venv/bin/cwm-agent" swebench build-local $ca_flag
+    # The report tests open pages in a real browser: Debian's chromium, driven by Playwright through its
+    # executable path (Playwright's own browser download is not used).
+    command -v chromium >/dev/null 2>&1 || apt_install chromium
   fi
 fi
 
