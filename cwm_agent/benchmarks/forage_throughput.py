@@ -25,13 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", default=DEFAULT_IMAGE, help="repository image (tests at /testbed)")
     parser.add_argument("--count", type=int, default=5, help="tasks to make with each approach")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-candidates", type=int, default=None, help="stop after trying this many")
     args = parser.parse_args(argv)
 
     from cwm_agent.swebench.local.build import build_local_images
 
     if args.image == DEFAULT_IMAGE:
         build_local_images()
-    options = ForageOptions(image=args.image, count=args.count, seed=args.seed, run_id="forage-bench")
+    options = ForageOptions(
+        image=args.image, count=args.count, seed=args.seed, max_candidates=args.max_candidates, run_id="forage-bench"
+    )
     runs = {}
     for name, fresh in (("ours: one container, covering tests first", False), ("naive: fresh container each", True)):
         rows, stats = generate_tasks(options, fresh_container_each=fresh)
@@ -43,13 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"image {args.image}: {ours.passing_tests} passing tests, {ours.candidates} candidate mutations")
     print(
         f"{'approach':<44} {'tasks':>5} {'tried':>5} {'total s':>8} {'tasks/min':>9} "
-        f"{'validate s':>10} {'tried/min':>9} {'build s':>7}"
+        f"{'validate s':>10} {'tried/min':>9} {'tests/try':>9} {'build s':>7}"
     )
     for name, (rows, s) in runs.items():
         total, validate = s.seconds["total"], s.seconds["validate"]
         print(
             f"{name:<44} {len(rows):>5} {s.tried:>5} {total:>8.1f} {60 * len(rows) / total:>9.1f} "
-            f"{validate:>10.1f} {60 * s.tried / validate:>9.1f} {s.seconds['build']:>7.1f}"
+            f"{validate:>10.1f} {60 * s.tried / validate:>9.1f} {s.tests_run / max(1, s.tried):>9.0f} "
+            f"{s.seconds['build']:>7.1f}"
         )
     speed = (len(ours_rows) / ours.seconds["total"]) / (len(naive_rows) / naive.seconds["total"])
     vspeed = (ours.tried / ours.seconds["validate"]) / (naive.tried / naive.seconds["validate"])

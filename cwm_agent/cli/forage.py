@@ -9,7 +9,14 @@ from typing import List, Optional
 
 import typer
 
-from cwm_agent.cli.common import SET_HELP, UsageError, check_output_dir, parse_set_options
+from cwm_agent.cli.common import (
+    RELEASE_HELP,
+    SET_HELP,
+    UsageError,
+    check_output_dir,
+    parse_set_options,
+    release_override,
+)
 from cwm_agent.cli.console import err
 
 
@@ -35,6 +42,9 @@ def tasks_command(
     ),
     per_function: int = typer.Option(2, "--per-function", min=1, help="Most tasks from one function."),
     test_timeout: float = typer.Option(600.0, "--test-timeout", min=1, help="Seconds the test suite may run."),
+    full_check: bool = typer.Option(
+        False, "--full-check", help="Run the whole suite for every candidate, not only the tests covering its function."
+    ),
 ) -> None:
     """Make mutate-fix tasks: bugs put into covered functions, each validated by its tests, each with its own image."""
     from cwm_agent.forager.generate import ForageOptions, generate_tasks, write_tasks
@@ -47,7 +57,8 @@ def tasks_command(
     run_id = uuid.uuid4().hex[:12]
     options = ForageOptions(
         image=image, repo_dir=repo_dir, test_cmd=test_cmd, count=count, seed=seed, repo=repo, version=version,
-        max_candidates=max_candidates, per_function=per_function, test_timeout=test_timeout, run_id=run_id,
+        max_candidates=max_candidates, per_function=per_function, test_timeout=test_timeout, full_check=full_check,
+        run_id=run_id,
     )  # fmt: skip
 
     def progress(s) -> None:
@@ -99,6 +110,7 @@ def run_command(
     ),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML config (see `cwm-agent config`)."),
     set_options: Optional[List[str]] = typer.Option(None, "--set", "-c", help=SET_HELP),
+    cwm_release: Optional[Path] = typer.Option(None, "--cwm-release", help=RELEASE_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed of rollout k is SEED + k."),
     grade_unfinished: bool = typer.Option(
         False, "--grade-unfinished", help="Evaluate the last submission of episodes ended by a limit too."
@@ -126,7 +138,9 @@ def run_command(
 
     check_output_dir(output)
     urls = endpoint_urls(model_urls, model_urls_file)
-    overrides = merge(parse_set_options(set_options), {"model": {"url": urls[0]} if urls else {}})
+    overrides = merge(
+        parse_set_options(set_options), {"model": {"url": urls[0]} if urls else {}, **release_override(cwm_release)}
+    )
     config = load_config(config_file, overrides)
     executor = make_executor(executor_name, ray_address)
     instances = load_instances(tasks)

@@ -1,16 +1,19 @@
 """`forage tasks`: mutate-fix tasks (SWE-bench-format instances) from any repository image.
 
-1. Baseline: one long-lived container from the image (network none) runs the test suite once with
-   our pytest plugin (`probe.py`): which tests pass, and for each one the functions it entered
-   (`sys.setprofile`; no `coverage` package needed in the image).
+1. Baseline: one long-lived container from the image (network none) runs the test suite with our
+   pytest plugin (`probe.py`): which tests pass, and for each one the functions it entered
+   (`sys.setprofile`; no `coverage` package needed in the image). A second run without tracing
+   leaves out flaky tests (only tests that pass both times count as passing).
 2. Candidates: every AST mutation (`mutate.py`) of every covered function, ordered by the seed:
    functions in a shuffled order, taken round-robin, and within a function operators in a shuffled
    order, so one seed gives one fixed sequence and tasks spread over functions and operators.
-3. Validation, in the same container (the file is written, tested, restored): the tests that cover
-   the function are run (`-x`: one failure is enough); a collection error means the code no longer
-   imports. Survivors run the whole suite once: FAIL_TO_PASS = baseline-passing tests that now fail,
-   PASS_TO_PASS = those that still pass; both must be non-empty. Mutations whose resulting module
-   has the same AST as an earlier one are duplicates.
+3. Validation, in the same container (the file is written, tested, restored): only the tests that
+   cover the function run; a collection error means the code no longer imports. FAIL_TO_PASS = those
+   that now fail, PASS_TO_PASS = every other passing test (a test that never enters the function
+   cannot change; a function that module-level code calls makes every test relevant, and
+   `--full-check` runs the whole suite for every candidate). Both must be non-empty. Mutations whose
+   resulting module has the same AST as an earlier one are duplicates. The tests check this choice:
+   with the bug in place, the whole suite fails exactly FAIL_TO_PASS and passes PASS_TO_PASS.
 4. Base: per task, a small image `FROM` the source image whose /testbed is the mutated tree
    committed as the only commit of a fresh repository (fixed author and dates, so the commit id is
    the same on every run): `git log -p` cannot show the original code. The gold patch is the
@@ -44,6 +47,8 @@ from cwm_agent.sandbox.images import build_image, docker_client, image_exists
 from cwm_agent.swebench.images import ACTIVATE_ENV, local_image_name
 
 PROBE_DIR = "/tmp/cwm-forage"
+COLLECTION = "<collection>"
+"""The probe's name for the functions entered while tests were collected (module-level code)."""
 PROBE_FILE = Path(__file__).resolve().parent / "probe.py"
 EVAL_FLAGS = "--no-header -rA --tb=no -p no:cacheprovider"
 """Appended to the task's test command for evaluation: the flags the pytest log parser reads."""
@@ -84,6 +89,9 @@ class ForageOptions(BaseModel):
     """Most mutations to try (default: 30 per wanted task)."""
     per_function: int = 2
     """Most tasks from one function."""
+    full_check: bool = False
+    """Run the whole suite for every candidate (default: only the tests that cover the mutated function;
+    the others never enter it, so they still pass)."""
     test_timeout: float = 600.0
     """Seconds a test run may take (the baseline; a mutated run gets 3x the baseline + 30 s, at most this)."""
     memory: str = "4g"
@@ -99,6 +107,8 @@ class ForageStats:
     covered_functions: int = 0
     candidates: int = 0
     tried: int = 0
+    tests_run: int = 0
+    """Tests run over all validations (the benchmark's measure of work per candidate)."""
     accepted: int = 0
     rejected: Counter = field(default_factory=Counter)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -175,7 +185,7 @@ class _Workspace:
         out = f"{PROBE_DIR}/out.json"
         args = " ".join(shlex.quote(t) for t in tests or [])
         command = (
-            f"rm -f {out}; cd {shlex.quote(o.repo_dir)} && env PYTHONDONTWRITEBYTECODE=1 FORAGE_OUT={out} "
+            f"rm -f {out}; cd {shlex.quote(o.repo_dir)} && env FORAGE_OUT={out} "
             f"FORAGE_ROOT={shlex.quote(o.repo_dir)} FORAGE_TRACE={int(trace)} "
             f"PYTHONPATH={PROBE_DIR}${{PYTHONPATH:+:$PYTHONPATH}} "
             f"{o.test_cmd} -p forage_probe -p no:cacheprovider -q --tb=short {extra} {args} "
@@ -196,7 +206,13 @@ class _Workspace:
         return self.sandbox.read_file(f"{self.options.repo_dir}/{path}")
 
     def write(self, path: str, data: bytes) -> None:
-        self.sandbox.write_file(f"{self.options.repo_dir}/{path}", data)
+        """Write a module and drop its cached bytecode: a same-size edit in the same second as the cache
+        would otherwise be run from the stale .pyc (every other module keeps its cache: runs stay fast)."""
+        full = f"{self.options.repo_dir}/{path}"
+        self.sandbox.write_file(full, data)
+        folder, _, name = full.rpartition("/")
+        stem = shlex.quote(name.removesuffix(".py"))
+        self.sh(f"rm -f {shlex.quote(folder)}/__pycache__/{stem}.*.pyc", timeout=60)
 
     def fix_patch(self, path: str) -> str:
         out = f"{PROBE_DIR}/fix.diff"
@@ -246,7 +262,7 @@ def generate_tasks(
         run_id=options.run_id,
     )
     t0 = time.monotonic()
-    accepted: list[tuple[Mutation, str, str, dict, dict]] = []
+    accepted: list[tuple[Mutation, str, Verdict]] = []
     with DockerSandbox(config, client) as sandbox:
         ws = _Workspace(sandbox, options)
         ws.prepare()
@@ -254,7 +270,8 @@ def generate_tasks(
         stats.seconds["baseline"] = round(time.monotonic() - t0, 3)
         if base is None:
             raise ForageError(f"the test suite ran past {options.test_timeout:g} s; raise --test-timeout.")
-        passing = _passed(base)
+        again = ws.pytest(None, trace=False)  # a test that passes only once is flaky: never a task's test
+        passing = _passed(base) & (_passed(again) if again is not None else set())
         if base["errors"]:
             raise ForageError(f"the test suite does not collect cleanly: {base['errors'][0][:500]}")
         if not passing:
@@ -268,16 +285,21 @@ def generate_tasks(
                 if path in test_files or path.rsplit("/", 1)[-1] == "conftest.py" or not path.endswith(".py"):
                     continue
                 covering[(path, line)].append(test)
+        for path, line in base["cover"].get(COLLECTION, []):
+            if (path, line) in covering:  # runs at import too: its result may reach every test
+                covering[(path, line)] = sorted(passing)
         stats.covered_functions = len(covering)
         by_file: dict[str, set[int]] = defaultdict(set)
         for path, line in covering:
             by_file[path].add(line)
         sources: dict[str, str] = {}
+        original_ast: dict[str, str] = {}
         mutations: list[Mutation] = []
         for path in sorted(by_file):
             try:
                 sources[path] = ws.read(path).decode("utf-8")
-                mutations += module_mutations(path, sources[path], by_file[path])
+                mutations += module_mutations(path, sources[path], by_file[path], check_parse=False)
+                original_ast[path] = ast.dump(ast.parse(sources[path]))
             except (UnicodeDecodeError, SyntaxError, ValueError, FileNotFoundError):
                 continue
         ordered = order_candidates(mutations, options.seed)
@@ -294,8 +316,13 @@ def generate_tasks(
                 continue
             original = sources[mutation.path]
             mutated = mutation.apply(original)
-            semantic = hashlib.sha256(f"{mutation.path}\0{ast.dump(ast.parse(mutated))}".encode()).hexdigest()
-            if semantic in seen_ast or ast.dump(ast.parse(mutated)) == ast.dump(ast.parse(original)):
+            try:
+                dump = ast.dump(ast.parse(mutated))
+            except (SyntaxError, ValueError):
+                stats.rejected["syntax"] += 1
+                continue
+            semantic = hashlib.sha256(f"{mutation.path}\0{dump}".encode()).hexdigest()
+            if semantic in seen_ast or dump == original_ast[mutation.path]:
                 stats.rejected["duplicate"] += 1
                 continue
             seen_ast.add(semantic)
@@ -303,79 +330,82 @@ def generate_tasks(
             lines = mutation.users or (mutation.first_line,)
             relevant = sorted({t for line in lines for t in covering.get((mutation.path, line), [])})
             if fresh_container_each:
-                verdict = _validate_fresh(config, client, options, mutation, mutated, original, passing, run_timeout)
+                verdict = _validate_fresh(config, client, options, mutation, mutated, passing, run_timeout)
             else:
-                verdict = _validate(ws, mutation, mutated, original, relevant, passing, run_timeout)
+                verdict = _validate(ws, mutation, mutated, original, relevant, passing, run_timeout, options.full_check)
+            verdict, ran = verdict
+            stats.tests_run += ran
             if isinstance(verdict, str):
                 stats.rejected[verdict] += 1
             else:
-                patch, full = verdict
                 per_function[fkey] += 1
-                accepted.append((mutation, original, mutated, {"patch": patch}, full))
+                accepted.append((mutation, mutated, verdict))
                 stats.accepted += 1
             notify(stats)
         stats.seconds["validate"] = round(time.monotonic() - t1, 3)
     t2 = time.monotonic()
-    rows = [
-        _build_task(options, repo, mutation, original, mutated, extra["patch"], full, passing, client)
-        for mutation, original, mutated, extra, full in accepted
-    ]
+    rows = [_build_task(options, repo, mutation, mutated, verdict, client) for mutation, mutated, verdict in accepted]
     stats.seconds["build"] = round(time.monotonic() - t2, 3)
     stats.seconds["total"] = round(time.monotonic() - t0, 3)
     return rows, stats
 
 
-def _validate(ws: _Workspace, mutation, mutated, original, relevant, passing, timeout) -> str | tuple[str, dict]:
-    """A rejection reason, or (the fix patch, the whole suite's results with the mutation)."""
+@dataclass
+class Verdict:
+    """A kept mutation: the fix, the tests that now fail and still pass, the failures' text."""
+
+    patch: str
+    fail_to_pass: list[str]
+    pass_to_pass: list[str]
+    texts: dict[str, str]
+
+
+def _verdict(run: dict | None, passing: set[str], ran_all: bool, patch: Callable[[], str]) -> str | Verdict:
+    """A rejection reason, or the verdict. Tests that did not run (not covering the function) still pass."""
+    if run is None:
+        return "timeout"
+    if run["errors"]:
+        return "does_not_import"
+    failed = _failed(run) & passing
+    if not failed:
+        return "no_test_fails"
+    still = (_passed(run) & passing) if ran_all else passing - failed
+    if not still:
+        return "no_test_passes"
+    texts = {t: run["tests"][t].get("text", "") for t in failed}
+    return Verdict(patch(), sorted(failed), sorted(still), texts)
+
+
+def _ran(run: dict | None) -> int:
+    return len(run["tests"]) if run else 0
+
+
+def _validate(
+    ws: _Workspace, mutation, mutated, original, relevant, passing, timeout, full_check
+) -> tuple[str | Verdict, int]:
+    """Run the tests covering the mutated function (the whole suite when they are most of it, or `full_check`);
+    (the verdict, tests run)."""
     ws.write(mutation.path, mutated.encode("utf-8"))
     try:
-        quick = ws.pytest(relevant[:300], trace=False, extra="-x", timeout=timeout)
-        if quick is None:
-            return "timeout"
-        if quick["errors"]:
-            return "does_not_import"
-        if not _failed(quick) & passing:
-            return "no_test_fails"
-        full = ws.pytest(None, trace=False, timeout=timeout)
-        if full is None:
-            return "timeout"
-        verdict = _judge(full, passing)
-        if verdict is not None:
-            return verdict
-        return ws.fix_patch(mutation.path), full
+        ran_all = full_check or 2 * len(relevant) > len(passing)
+        run = ws.pytest(None if ran_all else relevant, trace=False, timeout=timeout)
+        return _verdict(run, passing, ran_all, lambda: ws.fix_patch(mutation.path)), _ran(run)
     finally:
         ws.write(mutation.path, original.encode("utf-8"))
 
 
-def _validate_fresh(config, client, options, mutation, mutated, original, passing, timeout) -> str | tuple[str, dict]:
+def _validate_fresh(config, client, options, mutation, mutated, passing, timeout) -> tuple[str | Verdict, int]:
     """The naive peer: a new container for this one candidate, the whole suite run."""
     with DockerSandbox(config, client) as sandbox:
         ws = _Workspace(sandbox, options)
         ws.prepare()
         ws.write(mutation.path, mutated.encode("utf-8"))
-        full = ws.pytest(None, trace=False, timeout=timeout)
-        if full is None:
-            return "timeout"
-        verdict = _judge(full, passing)
-        if verdict is not None:
-            return verdict
-        return ws.fix_patch(mutation.path), full
+        run = ws.pytest(None, trace=False, timeout=timeout)
+        return _verdict(run, passing, True, lambda: ws.fix_patch(mutation.path)), _ran(run)
 
 
-def _judge(full: dict, passing: set[str]) -> str | None:
-    if full["errors"]:
-        return "does_not_import"
-    if not _failed(full) & passing:
-        return "no_test_fails"
-    if not _passed(full) & passing:
-        return "no_test_passes"
-    return None
-
-
-def _build_task(options, repo, mutation, original, mutated, patch, full, passing, client) -> dict:
-    failed = _failed(full)
-    f2p = sorted(passing & failed)
-    p2p = sorted(passing & _passed(full))
+def _build_task(options, repo, mutation, mutated, verdict: Verdict, client) -> dict:
+    f2p, p2p = verdict.fail_to_pass, verdict.pass_to_pass
     instance_id = _instance_id(repo, mutation, mutated)
     image = local_image_name(instance_id)
     dockerfile = _TASK_DOCKERFILE.format(
@@ -390,13 +420,12 @@ def _build_task(options, repo, mutation, original, mutated, patch, full, passing
         labels={"io.cwm-agent.project": "cwm-agent"},
     )
     base_commit = out.decode().strip()
-    texts = {t: full["tests"][t].get("text", "") for t in f2p}
     return {
         "instance_id": instance_id,
         "repo": repo,
         "base_commit": base_commit,
-        "problem_statement": issue_text(f2p, texts, patch, mutated),
-        "patch": patch,
+        "problem_statement": issue_text(f2p, verdict.texts, verdict.patch, mutated),
+        "patch": verdict.patch,
         "test_patch": "",
         "version": options.version,
         "FAIL_TO_PASS": f2p,

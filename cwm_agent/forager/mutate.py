@@ -413,10 +413,13 @@ def import_mutations(path: str, src: _Source, tree: ast.Module, funcs: list[Func
             )
 
 
-def module_mutations(path: str, source: str, covered_lines: set[int] | None = None) -> list[Mutation]:
+def module_mutations(
+    path: str, source: str, covered_lines: set[int] | None = None, check_parse: bool = True
+) -> list[Mutation]:
     """The mutations of one module, in the covered functions only (all functions when None).
 
-    Each result parses; mutations with the same edits appear once."""
+    Mutations with the same edits appear once. With `check_parse`, only those whose result parses
+    (off, a caller that tries a few of thousands parses just those: a big module takes ~10 ms a parse)."""
     tree = ast.parse(source)
     src = _Source(source)
     funcs = [f for f in functions(tree) if covered_lines is None or f.first_line in covered_lines]
@@ -428,9 +431,10 @@ def module_mutations(path: str, source: str, covered_lines: set[int] | None = No
         if mutation.key in seen:
             continue
         seen.add(mutation.key)
-        try:
-            ast.parse(mutation.apply(source))
-        except (SyntaxError, ValueError):
-            continue
+        if check_parse:
+            try:
+                ast.parse(mutation.apply(source))
+            except (SyntaxError, ValueError):
+                continue
         out.append(mutation)
     return out

@@ -3,8 +3,9 @@
 It writes one JSON file (path in $FORAGE_OUT) with every test's outcome and failure text, the
 collection errors, the test files, and with $FORAGE_TRACE=1 the functions each test called: for each
 test, the (file, first line) of every code object under $FORAGE_ROOT entered while the test ran
-(setup, call and teardown), collected with `sys.setprofile` (call events only, so far cheaper than a
-line tracer; the images need no `coverage` package).
+(setup, call and teardown, threads included), collected with `sys.setprofile` (call events only, so
+far cheaper than a line tracer; the images need no `coverage` package); and under `<collection>`, the
+functions module-level code called while the tests were collected.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 
 import pytest
 
@@ -48,24 +50,47 @@ def pytest_collectreport(report):
         _errors.append(f"{report.nodeid}: {report.longreprtext[:_MAX_TEXT]}")
 
 
+def _start() -> None:
+    _codes.clear()
+    sys.setprofile(_profile)
+    threading.setprofile(_profile)
+
+
+def _stop(key: str) -> None:
+    sys.setprofile(None)
+    threading.setprofile(None)
+    root = _root() + os.sep
+    found = set()
+    for code in list(_codes):
+        name = code.co_filename
+        if name.startswith(root):
+            found.add((name[len(root) :], code.co_firstlineno))
+    _cover[key] = sorted(found)
+
+
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item, nextitem):
+def pytest_collection(session):
+    """Module-level code runs here: what it calls reaches every test (key `<collection>`)."""
     trace = _tracing()
     if trace:
-        _codes.clear()
-        sys.setprofile(_profile)
+        _start()
     try:
         yield
     finally:
         if trace:
-            sys.setprofile(None)
-            root = _root() + os.sep
-            found = set()
-            for code in _codes:
-                name = code.co_filename
-                if name.startswith(root):
-                    found.add((name[len(root) :], code.co_firstlineno))
-            _cover[item.nodeid] = sorted(found)
+            _stop("<collection>")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    trace = _tracing()
+    if trace:
+        _start()
+    try:
+        yield
+    finally:
+        if trace:
+            _stop(item.nodeid)
 
 
 def pytest_runtest_logreport(report):
