@@ -4,12 +4,17 @@ real Docker, real pytest, real git, and the tasks judged by `cwm-agent swebench 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from forage_tasks import IMAGE, cli, generated, rows
 
 from cwm_agent.forager.issue import fix_lines
+from cwm_agent.sandbox.base import OWNER_PID_LABEL
 
 pytestmark = pytest.mark.docker
 
@@ -131,3 +136,32 @@ def test_bad_input_is_one_clear_line(tmp_path, docker_client):
     assert not (tmp_path / "t.jsonl").exists()
     proc = cli("forage", "tasks", "--image", IMAGE, "-o", str(tmp_path))
     assert proc.returncode == 2 and "is a directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_removes_the_container_and_writes_no_tasks_file(local_images, tmp_path):
+    script = Path(sys.executable).parent / "cwm-agent"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "cwm_agent.cli"]
+    out = tmp_path / "tasks.jsonl"
+    proc = subprocess.Popen(
+        [*cmd, "forage", "tasks", "--image", IMAGE, "-n", "50", "-o", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+
+    def containers() -> list[str]:
+        found = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label={OWNER_PID_LABEL}={proc.pid}"], capture_output=True, text=True
+        )
+        return found.stdout.split()
+
+    deadline = time.monotonic() + 120
+    while not containers() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert containers(), "forage tasks started no container"
+    time.sleep(2)  # into the baseline run
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted: containers removed, no tasks file written." in err and "Traceback" not in err
+    assert containers() == []
+    assert not out.exists()
