@@ -264,8 +264,9 @@ def test_task_collection_runs_and_evaluates_on_ray(cluster, local_images, tmp_pa
 
     from cwm_agent.swebench.dataset import load_instances
 
-    tasks_file, _ = generated(3, 11)  # the generation test_forager_* use (made once per session)
-    tasks = load_instances(tasks_file)[:2]
+    # A generation of its own (~6 s): another session's forage tests remove theirs when they end.
+    tasks_file, _ = generated(2, 29)
+    tasks = load_instances(tasks_file)
     path = tmp_path / "tasks.jsonl"
     path.write_text("".join(json.dumps(t.as_dict()) + "\n" for t in tasks))
     out = tmp_path / "run"
