@@ -52,6 +52,19 @@ def test_every_rollout_runs_and_is_evaluated_with_its_tasks_tests(collected):
     assert f"evaluated {COUNT} tasks x {ROLLOUTS}: resolved {COUNT * ROLLOUTS}" in proc.stdout
 
 
+def test_a_second_run_resumes_with_nothing_to_do(collected):
+    tasks, out, server, _ = collected
+    path = out.parent / "tasks.jsonl"
+    before = len(server.generation_requests())
+    summary = (out / "forage.json").read_text()
+    proc = cli("forage", "run", "--tasks", str(path), "--output", str(out), "-w", "2",
+               "--rollouts", str(ROLLOUTS), "--model-url", server.url)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(server.generation_requests()) == before  # no episode ran again
+    assert (out / "forage.json").read_text() == summary  # nor was anything evaluated differently
+    assert "0 to run" in proc.stderr
+
+
 def test_export_records_render_back_to_exactly_what_the_model_was_sent(collected, tmp_path):
     tasks, out, server, _ = collected
     train = tmp_path / "train.jsonl"
