@@ -13,6 +13,7 @@ and candidates validated per minute, with the ratio.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 
 from cwm_agent.forager.generate import ForageOptions, generate_tasks
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         rows, stats = generate_tasks(options, fresh_container_each=fresh)
         runs[name] = (rows, stats)
     (ours_rows, ours), (naive_rows, naive) = runs.values()
+    built = sorted({r["image"] for r in ours_rows + naive_rows})
+    subprocess.run(["docker", "rmi", "-f", *built], capture_output=True)  # the benchmark's tasks are not kept
     if [r["patch"] for r in ours_rows] != [r["patch"] for r in naive_rows]:
         print("error: the two approaches kept different tasks", file=sys.stderr)
         return 1
