@@ -118,3 +118,28 @@ def test_export_of_a_folder_without_trajectories_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "no trajectories/ folder" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_export_keeps_the_token_ids_of_a_token_id_run(local_images, tmp_path):
+    from cwm_agent.model.tokenizer import TokenizerNotFoundError, cache_path, load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer()
+    except TokenizerNotFoundError:
+        pytest.skip(f"needs Llama 3's tokenizer.model at {cache_path()} (bash scripts/setup.sh --test fetches it)")
+    tasks_file, _ = generated(3, SEED)
+    task = load_instances(tasks_file)[0]
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(json.dumps(task.as_dict()) + "\n")
+    out, train = tmp_path / "run", tmp_path / "train.jsonl"
+    with ScriptedServer(policy=GoldPolicy([task]), tokenizer=tokenizer) as server:
+        proc = cli("forage", "run", "--tasks", str(path), "--output", str(out), "--model-url", server.url,
+                   "-c", "model.tokenizer=cwm", timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        requests = [r for r in server.generation_requests() if r.reply is not None]
+    assert cli("forage", "export", str(out), "-o", str(train)).returncode == 0
+    (record,) = rows(train)
+    last = requests[-1]
+    assert last.prompt_ids and last.reply_ids
+    assert record["token_ids"] == last.prompt_ids + last.reply_ids  # the whole episode, as the model saw it
+    assert tokenizer.decode(record["token_ids"]) == record["text"]
