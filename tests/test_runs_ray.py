@@ -129,6 +129,26 @@ def test_a_node_without_docker_gets_no_work(cluster, tmp_path):
         cluster.stop_node(blind)
 
 
+def test_an_item_goes_only_to_nodes_that_have_its_image():
+    """The placement rule over what the census found (one Docker engine on this host cannot show two
+    nodes with different images, so the rule is checked on its own here)."""
+    from cwm_agent.runs.executor import _Node
+
+    executor = RayExecutor()
+    executor.nodes = {"a": _Node("a", 2, {"img-x"}), "b": _Node("b", 2, {"img-x", "img-y"})}
+    executor._slot_nodes = 2
+    assert executor._pin(["img-y"]).node_id == "b"  # only b has it
+    assert executor._pin(["img-x"]) is None  # every node has it: Ray places it
+    assert executor._pin(None) is None
+    assert executor._pin(["img-z"]) is None  # no node has it: anywhere (an image_error there, as locally)
+    executor.nodes["b"].in_flight = 2
+    executor.nodes["c"] = _Node("c", 4, {"img-y"})
+    executor._slot_nodes = 3
+    assert executor._pin(["img-y"]).node_id == "c"  # the least loaded per slot of those with it
+    executor._slot_nodes = 4  # a fourth node with slots but no engine: nothing may be left to Ray
+    assert executor._pin(None).node_id in {"a", "c"} and executor._pin(["img-x"]).node_id == "a"
+
+
 # -- swebench run and eval ----------------------------------------------------------------------
 
 
