@@ -205,8 +205,9 @@ def test_a_batch_on_ray_writes_the_same_run_folder_as_locally_and_evaluates_the_
     assert trajectories == sorted(p.name for p in (tmp_path / "local" / "trajectories").iterdir())
     assert len(trajectories) == 6
     # both servers served the Ray run's rollouts, and each rollout stayed on its server
-    served = [json.loads(line)["endpoint"] for line in (tmp_path / "ray" / "results.jsonl").read_text().splitlines()]
-    assert set(served) == {a.url, b.url}
+    for run in ("local", "ray"):
+        served = [json.loads(line)["endpoint"] for line in (tmp_path / run / "results.jsonl").read_text().splitlines()]
+        assert set(served) == {a.url, b.url}, (run, served)
     assert len(a.generation_requests()) > before[0] and len(b.generation_requests()) > before[1]
     assert run_containers(tmp_path / "ray") == []
 
