@@ -136,6 +136,10 @@ def test_bad_input_is_one_clear_line(tmp_path, docker_client):
     assert not (tmp_path / "t.jsonl").exists()
     proc = cli("forage", "tasks", "--image", IMAGE, "-o", str(tmp_path))
     assert proc.returncode == 2 and "is a directory" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("forage", "tasks", "--image", IMAGE, "--test-cmd", "false", "-o", str(tmp_path / "t.jsonl"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("error: `false` did not run under pytest") and "--test-cmd" in proc.stderr
+    assert not (tmp_path / "t.jsonl").exists()
 
 
 def test_ctrl_c_removes_the_container_and_writes_no_tasks_file(local_images, tmp_path):
@@ -158,7 +162,7 @@ def test_ctrl_c_removes_the_container_and_writes_no_tasks_file(local_images, tmp
     while not containers() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert containers(), "forage tasks started no container"
-    time.sleep(2)  # into the baseline run
+    time.sleep(2)  # into the work (baseline or validation; 0.3 to 12 s were all tried)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -154,6 +154,7 @@ def run_command(
     )  # fmt: skip
 
     def announce(batch) -> None:  # noqa: ANN001
+        keep_tasks(instances, output)  # the folder is ours now (model checked, lock taken)
         err.print(
             _escape(f"run id {run.run_id}: {len(instances)} tasks x {rollouts}, {len(batch.todo())} to run: {output}"),
             highlight=False, soft_wrap=True,
@@ -166,7 +167,6 @@ def run_command(
     try:
         try:
             with sigterm_as_interrupt() as terminated:
-                keep_tasks(instances, output)
                 result = asyncio.run(run.run(lambda p: LiveDisplay(p, err), announce))
                 summary = evaluate_rollouts(
                     instances, output, rollouts, workers, EvalOptions(run_id=run.run_id), on_result, executor

@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import random
@@ -199,7 +200,8 @@ class _Workspace:
         except (FileNotFoundError, ValueError):
             log = self.sandbox.read_file(f"{PROBE_DIR}/log.txt").decode("utf-8", "replace")
             raise ForageError(
-                f"`{o.test_cmd}` did not run under pytest with our plugin ({run.output.strip()}): {log[-800:]}"
+                f"`{o.test_cmd}` did not run under pytest with our plugin ({run.output.strip()}); its output: "
+                f"{log.strip()[-800:] or '(none)'}; pass the project's pytest command with --test-cmd."
             ) from None
 
     def read(self, path: str) -> bytes:
@@ -389,9 +391,14 @@ def _validate(
     try:
         ran_all = full_check or 2 * len(relevant) > len(passing)
         run = ws.pytest(None if ran_all else relevant, trace=False, timeout=timeout)
-        return _verdict(run, passing, ran_all, lambda: ws.fix_patch(mutation.path)), _ran(run)
-    finally:
-        ws.write(mutation.path, original.encode("utf-8"))
+        result = _verdict(run, passing, ran_all, lambda: ws.fix_patch(mutation.path)), _ran(run)
+    except BaseException:
+        # Ctrl-C may have removed the container already: the restore must not hide the interruption.
+        with contextlib.suppress(Exception):
+            ws.write(mutation.path, original.encode("utf-8"))
+        raise
+    ws.write(mutation.path, original.encode("utf-8"))
+    return result
 
 
 def _validate_fresh(config, client, options, mutation, mutated, passing, timeout) -> tuple[str | Verdict, int]:
