@@ -355,10 +355,13 @@ class RayExecutor:
             for node_id in alive
         }
         usable: dict[str, _Node] = {}
+        problems: list[str] = []
         for node_id, ref in refs.items():
             try:
                 answer = ray.get(ref, timeout=120)
             except Exception as exc:  # noqa: BLE001 - a node that cannot answer gets no work
+                first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                problems.append(f"node {node_id[:12]} did not answer ({first}; is cwm-agent installed there?)")
                 log.warning("Ray node %s did not answer the census (%s): it gets no work", node_id, exc)
                 continue
             if answer["version"] != cwm_agent.__version__:
@@ -367,13 +370,14 @@ class RayExecutor:
                     f"{cwm_agent.__version__}: install the same version on every node"
                 )
             if answer["docker"]:
+                problems.append(f"node {node_id[:12]}: {answer['docker']}")
                 log.warning("Ray node %s has no Docker engine (%s): it gets no work", node_id, answer["docker"])
                 continue
             usable[node_id] = _Node(node_id=node_id, slots=alive[node_id], images=set(answer["images"]))
         if not usable:
             raise ExecutorError(
-                "no node of the Ray cluster with sandbox slots has a Docker engine that answers: "
-                "start the engine there (`bash scripts/setup.sh`)"
+                f"no node of the Ray cluster with sandbox slots can run sandboxes ({problems[0]}): install "
+                "cwm-agent and start the Docker engine there (`bash scripts/setup.sh`)"
             )
         return usable
 
