@@ -3,12 +3,12 @@
 # (.venv: Debian's and Ubuntu's own Python is "externally managed" and takes no pip installs), the
 # Docker engine, the base sandbox image. Idempotent; needs root (or sudo) for apt and the engine.
 #   bash scripts/setup.sh [--test] [--trust-host-ca] [--python-only]
-#     --test           also install the test dependencies (pytest, hypothesis, tiktoken, ruff, playwright with
+#     --test           also install the test dependencies (pytest, hypothesis, tiktoken, ruff, ray, playwright with
 #                      Debian's chromium), fetch Llama 3's
 #                      tokenizer.model (CWM's BPE) and build the local SWE-bench instance images the tests use
 #     --trust-host-ca  image builds trust this host's CA bundle (TLS-inspecting proxies)
 #     --python-only    only the virtual environment and the package (no Docker engine, no images)
-# Environment: CWM_AGENT_VENV (default .venv), CWM_AGENT_EXTRAS (default swebench; swebench,test with --test),
+# Environment: CWM_AGENT_VENV (default .venv), CWM_AGENT_EXTRAS (default swebench; swebench,test,ray with --test),
 # PYTHON (default python3, >= 3.10). pip's own variables (PIP_INDEX_URL, PIP_FIND_LINKS, ...) are honoured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ for arg in "$@"; do
     *) echo "setup.sh: unknown option $arg (use --test, --trust-host-ca, --python-only)" >&2; exit 2 ;;
   esac
 done
-if [ "$test_extras" = 1 ]; then default_extras="swebench,test"; else default_extras="swebench"; fi
+if [ "$test_extras" = 1 ]; then default_extras="swebench,test,ray"; else default_extras="swebench"; fi
 extras="${CWM_AGENT_EXTRAS-$default_extras}"
 venv="${CWM_AGENT_VENV:-.venv}"
 python="${PYTHON:-python3}"

@@ -35,6 +35,12 @@ from pathlib import Path
 RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "NO_COLOR": "1", "COLUMNS": "200"}
 
 
+def ray_cli() -> str:
+    """The `ray` command of this Python's environment (a virtual environment's is not on PATH unless active)."""
+    beside = Path(sys.executable).parent / "ray"
+    return str(beside) if beside.exists() else "ray"
+
+
 def _descendants(pid: int) -> list[int]:
     """`pid` and every process below it (a node's workers are children of its raylet)."""
     children: dict[int, list[int]] = {}
@@ -80,7 +86,7 @@ class LocalCluster:
         common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--object-store-memory", str(self.object_store),
                   "--resources", json.dumps({"sandbox_slots": self.slots}), "--block"]  # fmt: skip
         proc = subprocess.Popen(
-            ["ray", "start", *args, *common], env=env or RAY_ENV, stdout=subprocess.DEVNULL,
+            [ray_cli(), "start", *args, *common], env=env or RAY_ENV, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         self.nodes.append(proc)
@@ -101,7 +107,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = subprocess.run(
-                ["ray", "status", "--address", self.address], capture_output=True, text=True, env=RAY_ENV
+                [ray_cli(), "status", "--address", self.address], capture_output=True, text=True, env=RAY_ENV
             ).stdout
             if status.split("Active:", 1)[-1].split("Pending:", 1)[0].count("node_") >= count:
                 return
