@@ -90,6 +90,8 @@ def test_export_records_render_back_to_exactly_what_the_model_was_sent(collected
         # and the dialogue renders back to that prompt
         dialogue = [Message(role=m["role"], content=m["content"]) for m in record["messages"][:-1]]
         assert render_prompt(dialogue) == record["prompt"]
+        assert record["training_text"].startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>")
+        assert record["training_text"].endswith("The fix is submitted.<|eot_id|>")
 
 
 def test_export_drops_near_duplicates_and_says_why(collected, tmp_path):

@@ -11,6 +11,8 @@ One record per trajectory (DIR/trajectories/<item_id>.jsonl):
   context (final dialogue size);
 - `text`: the exact CWM text of the episode: the last request's prompt (`rebuild_prompt`: every
   earlier request is a prefix of it) + the last reply + `<|eot_id|>`; `prompt`: that last request alone;
+- `training_text`: the dialogue in CWM's training layout (`render_training`: system, user and
+  assistant bodies stripped, every message closed, no generation prompt);
 - `token_ids`: the ids where the trajectory kept them (else absent).
 
 Near-duplicates (`--dedup`): within each repository, MinHash over word 5-gram shingles of the
@@ -32,7 +34,7 @@ from cwm_agent.agent.files import write_text_atomic
 from cwm_agent.agent.trajectory import Trajectory, rebuild_prompt
 from cwm_agent.errors import UserError
 from cwm_agent.forager.collect import eval_dir, kept_tasks
-from cwm_agent.prompts.render import EOT
+from cwm_agent.prompts.render import EOT, Message, render_training
 from cwm_agent.runs.folder import RunFolder
 from cwm_agent.runs.work import ItemRecord
 
@@ -108,6 +110,7 @@ def trajectory_record(path: Path, run_dir: Path, items: dict[str, ItemRecord], r
         "messages": messages,
         "prompt": prompt,
         "text": text,
+        "training_text": render_training([Message(role=m["role"], content=m["content"]) for m in messages]),
     }
     ids = _token_ids(traj)
     if ids is not None:
