@@ -15,6 +15,9 @@ from cwm_agent.prompts import templates as T
 from cwm_agent.prompts.parse import FormatError, parse_reply
 from cwm_agent.prompts.render import Message, render_continuation, render_prompt, render_training
 
+CWM_LIMITS = {"session_timeout": 120, "context_size": 131072, "max_turns": 128}
+"""CWM's SWE-bench limits (the config's defaults), as the model is told them."""
+
 GOLDEN = Path(__file__).parent / "golden"
 ISSUE = "`mean([])` raises ZeroDivisionError instead of returning 0.0.\n\nExpected: `{}` -> 0.0\n"
 PATCH = (
@@ -35,7 +38,7 @@ REPLIES = [
 
 def _dialogue() -> tuple[str, list[Message]]:
     """An episode built the way the loop builds it: each prompt extends the previous one."""
-    messages = [Message.system(T.system_prompt()), Message.user(T.issue_prompt(ISSUE))]
+    messages = [Message.system(T.system_prompt(**CWM_LIMITS)), Message.user(T.issue_prompt(ISSUE))]
     prompt = render_prompt(messages)
     answers = [
         Message.tool("bash", T.observation("stats.py\n./stats.py:1:def mean(xs):", 127, 126500)),
@@ -66,7 +69,7 @@ def _check(name: str, text: str) -> None:
 
 
 def test_default_system_prompt_golden():
-    _check("system_prompt.txt", T.system_prompt())
+    _check("system_prompt.txt", T.system_prompt(**CWM_LIMITS))
 
 
 def test_test_generation_prompt_golden():

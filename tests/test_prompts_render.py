@@ -24,6 +24,9 @@ from cwm_agent.prompts.render import (
     render_training,
 )
 
+CWM_LIMITS = {"session_timeout": 120, "context_size": 131072, "max_turns": 128}
+"""CWM's SWE-bench limits (the config's defaults), as the model is told them."""
+
 GEN = "<|start_header_id|>assistant<|end_header_id|>\n\n"
 
 
@@ -82,7 +85,7 @@ def test_tool_name_of_a_message():
 
 def _episode():
     """A realistic 3-turn exchange: (messages so far, reply, messages the reply leads to)."""
-    system = Message.system(T.system_prompt())
+    system = Message.system(T.system_prompt(**CWM_LIMITS))
     user = Message.user(T.issue_prompt("Division by zero in mean([])"))
     replies = [
         "Look first.\n</think>\nListing files.\n<tool: bash>\nls\n</tool>",

@@ -8,6 +8,9 @@ import pytest
 
 from cwm_agent.prompts import templates as T
 
+CWM_LIMITS = {"session_timeout": 120, "context_size": 131072, "max_turns": 128}
+"""CWM's SWE-bench limits (the config's defaults), as the model is told them."""
+
 PREAMBLE = (
     "You are a helpful AI assistant. You always reason before responding, using the following format:"
     "\n\n<think>\nyour internal reasoning\n</think>\nyour external response"
@@ -23,7 +26,7 @@ SHAPES = {
 
 
 def test_system_prompt_opens_with_the_verbatim_preamble_then_the_environment():
-    text = T.system_prompt()
+    text = T.system_prompt(**CWM_LIMITS)
     assert text.startswith(PREAMBLE + "\n\n# Environment\n\n")
     assert T.preamble() == PREAMBLE
 
@@ -34,7 +37,7 @@ def test_each_tool_spec_is_the_exact_shape_and_one_line_of_description(name):
     assert spec.startswith(SHAPES[name])
     description = spec[len(SHAPES[name]) :]
     assert description and "\n" not in description
-    assert "\n\n" + spec + "\n\n" in T.system_prompt()
+    assert "\n\n" + spec + "\n\n" in T.system_prompt(**CWM_LIMITS)
 
 
 def test_system_prompt_settings_and_tool_subset():
@@ -50,7 +53,7 @@ def test_system_prompt_settings_and_tool_subset():
 
 
 def test_default_system_prompt_has_the_swebench_limits():
-    text = T.system_prompt()
+    text = T.system_prompt(**CWM_LIMITS)
     assert "120-second" in text and "131072 tokens" in text and "128 turns" in text
     assert re.findall(r"^<tool: (\w+)>$", text, re.M) == list(T.TOOL_NAMES)
     assert "{" not in text
@@ -59,7 +62,7 @@ def test_default_system_prompt_has_the_swebench_limits():
 @pytest.mark.parametrize("tools", [(), ("bash", "bash"), ("bash", "python")])
 def test_bad_tool_lists_are_refused(tools):
     with pytest.raises(ValueError):
-        T.system_prompt(tools=tools)
+        T.system_prompt(**CWM_LIMITS, tools=tools)
 
 
 def test_issue_prompt_wraps_the_issue_and_keeps_its_braces():

@@ -22,7 +22,6 @@ from cwm_agent.swebench.images import local_image_name
 from cwm_agent.swebench.local.build import COMMIT_ENV
 
 TASK_FILE = Path(__file__).resolve().parent / "task.yaml"
-BASE_COMMIT_LABEL = "io.cwm-agent.base-commit"
 
 _DOCKERFILE = """\
 FROM {base}

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cwm_agent.errors import UserError
 
 EOT = "<|eot_id|>"
-# <|end_of_text|>, <|eom_id|>, <|eot_id|>: the model config's end ids (see CWM_FACTS.md).
+# <|end_of_text|>, <|eom_id|>, <|eot_id|>: the end ids of CWM's model config (its `eos_token_id` list).
 CWM_STOP_TOKEN_IDS = [128001, 128008, 128009]
 
 START_HINT = (

@@ -34,8 +34,6 @@ THINK_END = "</think>"
 # tokenized as plain text by CWM's own code, but a server given the prompt as text would
 # read it as the special token: see `find_special_tokens`.
 SPECIAL_TOKENS = (BOS, EOS, PAD, START_HEADER, END_HEADER, EOM, EOT)
-# Strings the model ends a reply with; ids (128001, 128008, 128009) come from the tokenizer.
-STOP_STRINGS = (EOT, EOM, EOS)
 
 _ROLE_RE = re.compile(r"(system|user|assistant|tool: [A-Za-z0-9_.\-]+)")
 

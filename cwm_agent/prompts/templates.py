@@ -51,9 +51,9 @@ def tool_spec(name: str) -> str:
 
 
 def environment(
-    session_timeout: float = 120,
-    context_size: int = 131072,
-    max_turns: int = 128,
+    session_timeout: float,
+    context_size: int,
+    max_turns: int,
     tools: tuple[str, ...] | list[str] = TOOL_NAMES,
 ) -> str:
     """The environment description: the container, the limits, the tool specs, the rules."""
@@ -71,9 +71,9 @@ def environment(
 
 
 def system_prompt(
-    session_timeout: float = 120,
-    context_size: int = 131072,
-    max_turns: int = 128,
+    session_timeout: float,
+    context_size: int,
+    max_turns: int,
     tools: tuple[str, ...] | list[str] = TOOL_NAMES,
 ) -> str:
     """Preamble + `# Environment` section: the whole system message of an agentic episode."""

@@ -7,7 +7,6 @@ inspecting proxy.
 
 from __future__ import annotations
 
-import io
 import shutil
 import subprocess
 import tarfile
@@ -155,15 +154,3 @@ def ensure_base_image(
         import_debian_root(root, suite)
     build_image(name, _BASE_DOCKERFILE.format(root=root), options=options)
     return True
-
-
-def tar_bytes(files: dict[str, bytes]) -> bytes:
-    """A tar archive (in memory) holding `files` (relative name -> content)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()

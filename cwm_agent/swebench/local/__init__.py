@@ -22,7 +22,6 @@ from pydantic import BaseModel
 
 LOCAL_DIR = Path(__file__).resolve().parent
 INSTANCES_FILE = LOCAL_DIR / "instances.jsonl"
-REPO_PREFIX = "cwm-local/"
 
 # Pinned like the official harness pins environments: repo -> version -> how to test, how to read the log.
 PYTEST_CMD = "pytest --no-header -rA --tb=no -p no:cacheprovider"
