@@ -187,23 +187,14 @@ def find_image(lookup: ImageLookup, docker_client: Any, instance_id: str) -> str
 
 
 def _record_from(item: WorkItem, episode: EpisodeRecord, endpoint: str) -> ItemRecord:
-    """The results line of a finished episode."""
-    return ItemRecord(
-        instance_id=item.instance_id,
-        kind=item.kind,
-        rollout=item.rollout,
-        item_id=item.item_id,
-        status=episode.status.value,
-        graded=episode.graded,
-        detail=episode.detail,
-        submission=episode.submission,
-        turns=episode.turns,
-        tokens=episode.tokens,
-        model_seconds=round(episode.model_seconds, 3),
-        tool_seconds=round(episode.tool_seconds, 3),
-        elapsed=round(episode.elapsed, 3),
-        endpoint=endpoint,
-    )
+    """The results line of a finished episode: the episode's record (less what the run folder keeps
+    elsewhere: the diff, the trajectory's path) with the work item's ids."""
+    fields = episode.model_dump(mode="json", exclude={"task_id", "final_diff", "base_commit", "trajectory"})
+    return ItemRecord(**fields, **_ids(item), endpoint=endpoint)
+
+
+def _ids(item: WorkItem) -> dict[str, Any]:
+    return {"instance_id": item.instance_id, "kind": item.kind, "rollout": item.rollout, "item_id": item.item_id}
 
 
 async def run_work_item(item: WorkItem, ctx: ItemContext) -> ItemResult:
@@ -220,15 +211,7 @@ async def run_work_item(item: WorkItem, ctx: ItemContext) -> ItemResult:
     endpoint = config.model.url
 
     def failed(status: str, detail: str, trace: str | None = None) -> ItemResult:
-        record = ItemRecord(
-            instance_id=item.instance_id,
-            kind=item.kind,
-            rollout=item.rollout,
-            item_id=item.item_id,
-            status=status,
-            detail=detail,
-            endpoint=endpoint,
-        )
+        record = ItemRecord(**_ids(item), status=status, detail=detail, endpoint=endpoint)
         return ItemResult(record=record, error_trace=trace)
 
     task = item.task
