@@ -119,10 +119,10 @@ def test_git_history_in_the_task_container_holds_no_trace_of_the_original(made):
         assert mutated in history  # the base commit holds the bug
 
 
-def test_same_seed_gives_the_same_tasks(made, tmp_path):
+def test_same_seed_gives_the_same_tasks_with_any_number_of_jobs(made, tmp_path):
     path, _ = made
     again = tmp_path / "again.jsonl"
-    proc = cli("forage", "tasks", "--image", IMAGE, "-n", str(COUNT), "--seed", str(SEED), "-o", str(again))
+    proc = cli("forage", "tasks", "--image", IMAGE, "-n", str(COUNT), "--seed", str(SEED), "-o", str(again), "-j", "2")
     assert proc.returncode == 0, proc.stderr
     assert again.read_bytes() == path.read_bytes()
 

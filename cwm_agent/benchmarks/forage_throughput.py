@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=5, help="tasks to make with each approach")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-candidates", type=int, default=None, help="stop after trying this many")
+    parser.add_argument("--jobs", type=int, default=1, help="our candidates validated at once (containers)")
     args = parser.parse_args(argv)
 
     from cwm_agent.swebench.local.build import build_local_images
@@ -36,9 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     options = ForageOptions(
         image=args.image, count=args.count, seed=args.seed, max_candidates=args.max_candidates, run_id="forage-bench"
     )
+    ours_name = "ours: one container, covering tests first"
+    if args.jobs > 1:
+        ours_name = f"ours: {args.jobs} containers, covering tests first"
     runs = {}
-    for name, fresh in (("ours: one container, covering tests first", False), ("naive: fresh container each", True)):
-        rows, stats = generate_tasks(options, fresh_container_each=fresh)
+    for name, fresh in ((ours_name, False), ("naive: fresh container each", True)):
+        opts = options.model_copy(update={"jobs": args.jobs if not fresh else 1})
+        rows, stats = generate_tasks(opts, fresh_container_each=fresh)
         runs[name] = (rows, stats)
     (ours_rows, ours), (naive_rows, naive) = runs.values()
     built = sorted({r["image"] for r in ours_rows + naive_rows})

@@ -42,6 +42,9 @@ def tasks_command(
     ),
     per_function: int = typer.Option(2, "--per-function", min=1, help="Most tasks from one function."),
     test_timeout: float = typer.Option(600.0, "--test-timeout", min=1, help="Seconds the test suite may run."),
+    jobs: int = typer.Option(
+        1, "--jobs", "-j", min=1, help="Candidates validated at once, one container each (same tasks for any N)."
+    ),
     full_check: bool = typer.Option(
         False, "--full-check", help="Run the whole suite for every candidate, not only the tests covering its function."
     ),
@@ -58,7 +61,7 @@ def tasks_command(
     options = ForageOptions(
         image=image, repo_dir=repo_dir, test_cmd=test_cmd, count=count, seed=seed, repo=repo, version=version,
         max_candidates=max_candidates, per_function=per_function, test_timeout=test_timeout, full_check=full_check,
-        run_id=run_id,
+        jobs=jobs, run_id=run_id,
     )  # fmt: skip
 
     def progress(s) -> None:

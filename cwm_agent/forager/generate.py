@@ -28,10 +28,12 @@ import ast
 import contextlib
 import hashlib
 import json
+import queue
 import random
 import shlex
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -90,11 +92,13 @@ class ForageOptions(BaseModel):
     """Most mutations to try (default: 30 per wanted task)."""
     per_function: int = 2
     """Most tasks from one function."""
+    jobs: int = 1
+    """Candidates validated at once, each in its own container (the tasks are the same for any number)."""
     full_check: bool = False
     """Run the whole suite for every candidate (default: only the tests that cover the mutated function;
     the others never enter it, so they still pass)."""
     test_timeout: float = 600.0
-    """Seconds a test run may take (the baseline; a mutated run gets 3x the baseline + 30 s, at most this)."""
+    """Seconds a test run may take (the baseline; a mutated run gets 3x the whole suite's time + 10 s, at most this)."""
     memory: str = "4g"
     cpus: float = 2.0
     run_id: str = ""
@@ -272,14 +276,17 @@ def generate_tasks(
         stats.seconds["baseline"] = round(time.monotonic() - t0, 3)
         if base is None:
             raise ForageError(f"the test suite ran past {options.test_timeout:g} s; raise --test-timeout.")
+        t_again = time.monotonic()
         again = ws.pytest(None, trace=False)  # a test that passes only once is flaky: never a task's test
+        suite_seconds = time.monotonic() - t_again
         passing = _passed(base) & (_passed(again) if again is not None else set())
         if base["errors"]:
             raise ForageError(f"the test suite does not collect cleanly: {base['errors'][0][:500]}")
         if not passing:
             raise ForageError(f"`{options.test_cmd}` found no passing test in {options.repo_dir} of {options.image}.")
         stats.passing_tests = len(passing)
-        run_timeout = min(options.test_timeout, 3 * stats.seconds["baseline"] + 30)
+        # A mutation that loops forever is found out at 3x the untraced suite's time (+10 s for a loaded machine).
+        run_timeout = min(options.test_timeout, 3 * suite_seconds + 10)
         test_files = set(base["test_files"])
         covering: dict[tuple[str, int], list[str]] = defaultdict(list)
         for test in sorted(passing):
@@ -309,47 +316,109 @@ def generate_tasks(
         limit = options.max_candidates or 30 * options.count
         seen_ast: set[str] = set()
         per_function: Counter = Counter()
-        t1 = time.monotonic()
-        for mutation in ordered:
-            if len(accepted) >= options.count or stats.tried >= limit:
-                break
-            fkey = (mutation.path, mutation.first_line)
-            if per_function[fkey] >= options.per_function:
-                continue
-            original = sources[mutation.path]
-            mutated = mutation.apply(original)
-            try:
-                dump = ast.dump(ast.parse(mutated))
-            except (SyntaxError, ValueError):
-                stats.rejected["syntax"] += 1
-                continue
-            semantic = hashlib.sha256(f"{mutation.path}\0{dump}".encode()).hexdigest()
-            if semantic in seen_ast or dump == original_ast[mutation.path]:
-                stats.rejected["duplicate"] += 1
-                continue
-            seen_ast.add(semantic)
-            stats.tried += 1
-            lines = mutation.users or (mutation.first_line,)
-            relevant = sorted({t for line in lines for t in covering.get((mutation.path, line), [])})
+
+        def capped(mutation: Mutation) -> bool:
+            return per_function[(mutation.path, mutation.first_line)] >= options.per_function
+
+        def candidates():
+            """(mutation, mutated source, relevant tests) in the seed's order, after the checks needing no run."""
+            for mutation in ordered:
+                if capped(mutation):
+                    continue
+                original = sources[mutation.path]
+                mutated = mutation.apply(original)
+                try:
+                    dump = ast.dump(ast.parse(mutated))
+                except (SyntaxError, ValueError):
+                    stats.rejected["syntax"] += 1
+                    continue
+                semantic = hashlib.sha256(f"{mutation.path}\0{dump}".encode()).hexdigest()
+                if semantic in seen_ast or dump == original_ast[mutation.path]:
+                    stats.rejected["duplicate"] += 1
+                    continue
+                seen_ast.add(semantic)
+                lines = mutation.users or (mutation.first_line,)
+                yield mutation, mutated, sorted({t for line in lines for t in covering.get((mutation.path, line), [])})
+
+        def validate(w: _Workspace, candidate) -> tuple[str | Verdict, int]:
+            mutation, mutated, relevant = candidate
             if fresh_container_each:
-                verdict = _validate_fresh(config, client, options, mutation, mutated, passing, run_timeout)
-            else:
-                verdict = _validate(ws, mutation, mutated, original, relevant, passing, run_timeout, options.full_check)
-            verdict, ran = verdict
+                return _validate_fresh(config, client, options, mutation, mutated, passing, run_timeout)
+            original = sources[mutation.path]
+            return _validate(w, mutation, mutated, original, relevant, passing, run_timeout, options.full_check)
+
+        def decide(candidate, outcome: tuple[str | Verdict, int]) -> bool:
+            """Count one validated candidate, in the seed's order; False once enough are kept or tried."""
+            mutation, mutated, _ = candidate
+            if capped(mutation):  # validated in parallel while an earlier one filled its function's quota
+                return True
+            verdict, ran = outcome
+            stats.tried += 1
             stats.tests_run += ran
             if isinstance(verdict, str):
                 stats.rejected[verdict] += 1
             else:
-                per_function[fkey] += 1
+                per_function[(mutation.path, mutation.first_line)] += 1
                 accepted.append((mutation, mutated, verdict))
                 stats.accepted += 1
             notify(stats)
+            return len(accepted) < options.count and stats.tried < limit
+
+        t1 = time.monotonic()
+        if options.jobs == 1:
+            for candidate in candidates():
+                if not decide(candidate, validate(ws, candidate)):
+                    break
+        else:
+            _validate_parallel(ws, config, client, options, candidates(), validate, decide)
         stats.seconds["validate"] = round(time.monotonic() - t1, 3)
     t2 = time.monotonic()
-    rows = [_build_task(options, repo, mutation, mutated, verdict, client) for mutation, mutated, verdict in accepted]
+    with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="forage-build") as pool:
+        rows = list(pool.map(lambda a: _build_task(options, repo, *a, client), accepted))
     stats.seconds["build"] = round(time.monotonic() - t2, 3)
     stats.seconds["total"] = round(time.monotonic() - t0, 3)
     return rows, stats
+
+
+def _validate_parallel(ws: _Workspace, config, client, options, candidates, validate, decide) -> None:
+    """`options.jobs` workspaces validate candidates ahead; the verdicts are counted in the seed's order, so
+    the tasks are the same as with one job (later candidates validated in vain are discarded)."""
+    with contextlib.ExitStack() as stack:
+        free: queue.Queue[_Workspace] = queue.Queue()
+        free.put(ws)
+        for _ in range(options.jobs - 1):
+            extra = _Workspace(stack.enter_context(DockerSandbox(config, client)), options)
+            extra.prepare()
+            free.put(extra)
+
+        def job(candidate):
+            w = free.get()
+            try:
+                return validate(w, candidate)
+            finally:
+                free.put(w)
+
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="forage"))
+        pending: deque = deque()
+        stream = iter(candidates)
+
+        def fill() -> None:
+            while len(pending) < 2 * options.jobs:
+                candidate = next(stream, None)
+                if candidate is None:
+                    return
+                pending.append((candidate, pool.submit(job, candidate)))
+
+        try:
+            fill()
+            while pending:
+                candidate, future = pending.popleft()
+                if not decide(candidate, future.result()):
+                    break
+                fill()
+        finally:
+            for _, future in pending:
+                future.cancel()
 
 
 @dataclass
