@@ -158,6 +158,14 @@ def test_ctrl_c_removes_the_container_and_writes_no_tasks_file(local_images, tmp
         )
         return found.stdout.split()
 
+    def task_images() -> set[str]:
+        found = subprocess.run(
+            ["docker", "images", "--format", "{{.Repository}}", "--filter", "label=io.cwm-agent.forage-source"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        return set(found.stdout.split())
+
+    before = task_images()
     deadline = time.monotonic() + 120
     while not containers() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -169,3 +177,4 @@ def test_ctrl_c_removes_the_container_and_writes_no_tasks_file(local_images, tmp
     assert "interrupted: containers removed, no tasks file written." in err and "Traceback" not in err
     assert containers() == []
     assert not out.exists()
+    assert task_images() <= before, "images of tasks that were never written are left"

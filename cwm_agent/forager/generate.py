@@ -373,8 +373,18 @@ def generate_tasks(
             _validate_parallel(ws, config, client, options, candidates(), validate, decide)
         stats.seconds["validate"] = round(time.monotonic() - t1, 3)
     t2 = time.monotonic()
-    with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="forage-build") as pool:
-        rows = list(pool.map(lambda a: _build_task(options, repo, *a, client), accepted))
+    names = [local_image_name(_instance_id(repo, mutation, mutated)) for mutation, mutated, _ in accepted]
+    existed = {name for name in names if image_exists(client, name)}
+    try:
+        with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="forage-build") as pool:
+            rows = list(pool.map(lambda a: _build_task(options, repo, *a, client), accepted))
+    except BaseException:
+        # Interrupted (or a build failed): no tasks file will name the images built now, so none is kept.
+        for name in names:
+            if name not in existed:
+                with contextlib.suppress(Exception):
+                    client.images.remove(name, force=True)
+        raise
     stats.seconds["build"] = round(time.monotonic() - t2, 3)
     stats.seconds["total"] = round(time.monotonic() - t0, 3)
     return rows, stats
