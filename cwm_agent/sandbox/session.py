@@ -205,6 +205,8 @@ class BashSession:
         self.default_timeout = default_timeout
         self.startup_timeout = startup_timeout
         self.shell_pid: int | None = None
+        self.shell_start_ticks = 0
+        """When the shell started (clock ticks since boot, as /proc/PID/stat counts them)."""
         self.uid = 0
         self.gid = 0
         self._stream: Stream | None = None
@@ -274,8 +276,10 @@ class BashSession:
                 "__cwm_u=0 __cwm_g=0",
                 "while read -r __k __a __b __r; do case $__k in Uid:) __cwm_u=$__b;; Gid:) __cwm_g=$__b;; esac; "
                 "done < /proc/$$/status",
-                f'printf \'{ready} %s %s %s\\n\' "$$" "$__cwm_u" "$__cwm_g"',
-                "unset __k __a __b __r __cwm_u __cwm_g",
+                # The shell's own start time (clock ticks since boot): what it starts later is the session's.
+                "read -r __s < /proc/$$/stat; set -- ${__s##*) }",
+                f'printf \'{ready} %s %s %s %s\\n\' "$$" "$__cwm_u" "$__cwm_g" "${{20}}"',
+                "set --; unset __k __a __b __r __s __cwm_u __cwm_g",
                 "",
             ]
         )
@@ -297,7 +301,8 @@ class BashSession:
                 f"The bash session did not start within {self.startup_timeout:.0f}s "
                 f"(is bash installed in the machine?). Output: {said!r}"
             )
-        pid, uid, gid = line.split()
+        pid, uid, gid, started = line.split()
+        self.shell_start_ticks = int(started) if started.isdigit() else 0
         self.shell_pid, self.uid, self.gid = int(pid), int(uid), int(gid)
         for command in self.startup_commands:
             result = self._run_locked(command, self.startup_timeout, restart_on_death=False)
@@ -313,8 +318,14 @@ class BashSession:
             raise SandboxError("The sandbox was closed while a command ran.")
         old, self._stream = self._stream, None
         if old is not None:
-            if self.shell_pid and old.alive():
-                if not self.host.run_helper(KILL_HELPER, ["KILL", str(self.shell_pid), "0", "0", "1"], timeout=10):
+            if self.shell_pid:
+                # Everything the old session started goes with it: in a container that includes processes
+                # re-parented to pid 1 (a fork bomb's, background jobs of a shell that exited), i.e. every
+                # process started since that shell was.
+                orphans = "1" if self.host.orphans_are_ours else "0"
+                since = str(max(0, self.shell_start_ticks - 1))
+                args = ["KILL", str(self.shell_pid), since, orphans, "1"]
+                if not self.host.run_helper(KILL_HELPER, args, timeout=10):
                     self.host.reset()
             old.close()
         self._start_locked()
