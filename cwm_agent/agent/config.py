@@ -80,11 +80,12 @@ class ConfigError(UserError, ValueError):
     """A config file or override is wrong; the message names the key and the problem."""
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` over `base`, nested dicts merged key by key."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -114,7 +115,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping (agent:, model:, sampling:, sandbox:)")
         data = loaded or {}
-    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v})
+    data = merge(data, {k: v for k, v in (overrides or {}).items() if v})
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -87,17 +87,6 @@ def parse_set_options(pairs: Optional[list[str]]) -> dict[str, Any]:
     return nested
 
 
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """`update` over `base`, nested dicts merged key by key."""
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 SET_HELP = "Override one config key, e.g. -c agent.max_turns=10 (repeatable; see `cwm-agent config`)."
 
 RELEASE_HELP = (

@@ -126,8 +126,7 @@ def run_command(
     Resumable: run it again and finished episodes and evaluations are skipped. Exit status as `swebench run`:
     0 when every episode ran, 3 when some errored, 4 when the model server went down.
     """
-    from cwm_agent.agent.config import load_config
-    from cwm_agent.cli.common import merge
+    from cwm_agent.agent.config import load_config, merge
     from cwm_agent.forager.collect import evaluate_rollouts, keep_tasks
     from cwm_agent.model.endpoints import endpoint_urls
     from cwm_agent.runs.batch import exit_code

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cwm_agent.cli.common import RELEASE_HELP, SET_HELP, make_output_dir, merge, parse_set_options, release_override
+from cwm_agent.cli.common import RELEASE_HELP, SET_HELP, make_output_dir, parse_set_options, release_override
 from cwm_agent.cli.console import err
 from cwm_agent.cli.console import user_error as _fail
 
@@ -138,7 +138,7 @@ def solve(
     set_options: Optional[List[str]] = typer.Option(None, "-c", "--set", help=SET_HELP),
 ) -> None:
     """Solve an issue in a repository: writes DIR/patch.diff and DIR/trajectory.jsonl; streams each turn."""
-    from cwm_agent.agent.config import ConfigError, load_config
+    from cwm_agent.agent.config import ConfigError, load_config, merge
     from cwm_agent.agent.repo import RepoError
     from cwm_agent.agent.task import Task
     from cwm_agent.model.client import ModelError

@@ -114,8 +114,7 @@ def run_command(
     model server went down and the run was stopped, 2 for a mistake in the command, 1 when the harness
     itself failed (traceback in logs/harness.log), 130/143 on Ctrl-C/SIGTERM (run again to resume).
     """
-    from cwm_agent.agent.config import load_config
-    from cwm_agent.cli.common import merge
+    from cwm_agent.agent.config import load_config, merge
     from cwm_agent.errors import UserError
     from cwm_agent.model.client import ModelError
     from cwm_agent.model.endpoints import endpoint_urls

@@ -9,17 +9,15 @@ deterministic tokenizer (same counts for the same text, which is what the loop's
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from cwm_agent.model.base import Prompt
 from cwm_agent.model.client import Completion, ModelError, SamplingParams
-from cwm_agent.model.scripted_server import ScriptTokenizer
+from cwm_agent.model.scripted_server import ScriptTokenizer, encode_text_prompt
 from cwm_agent.model.tokenizer import TokenizerNotFoundError, load_tokenizer
 
 EOT_ID = 128009
-_SPECIAL_RE = re.compile(r"(<\|[A-Za-z0-9_]+\|>)")
 
 Policy = Callable[[Prompt], str]
 
@@ -59,20 +57,7 @@ class FakeModel:
         return self.tokenizer.decode(list(ids))
 
     def _prompt_ids(self, prompt: Prompt) -> list[int]:
-        if prompt.ids is not None:
-            return list(prompt.ids)
-        if isinstance(self.tokenizer, ScriptTokenizer):
-            return self.tokenizer.encode(prompt.text)
-        out: list[int] = []
-        for i, part in enumerate(_SPECIAL_RE.split(prompt.text)):
-            if i % 2:
-                try:
-                    out.append(self.tokenizer.special_id(part))
-                    continue
-                except KeyError:
-                    pass
-            out += self.tokenizer.encode(part) if part else []
-        return out
+        return list(prompt.ids) if prompt.ids is not None else encode_text_prompt(self.tokenizer, prompt.text)
 
     async def generate(self, prompt: Prompt, sampling: SamplingParams) -> Completion:
         # A copy: the dialogue's lists go on growing after the request.

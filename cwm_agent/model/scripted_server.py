@@ -225,6 +225,22 @@ class ScriptTokenizer:
         return "".join(self._pieces.get(t, "") for t in tokens)
 
 
+def encode_text_prompt(tokenizer: Any, text: str) -> list[int]:
+    """A text prompt as vLLM tokenizes it: special-token strings are special tokens, the rest is text."""
+    if isinstance(tokenizer, ScriptTokenizer):
+        return tokenizer.encode(text)
+    out: list[int] = []
+    for i, part in enumerate(_SPECIAL_SPLIT_RE.split(text)):
+        if i % 2:
+            try:
+                out.append(tokenizer.special_id(part))
+                continue
+            except KeyError:
+                pass
+        out += tokenizer.encode(part) if part else []
+    return out
+
+
 def _common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
     """Length of the shared start of two id lists or strings.
 
@@ -442,19 +458,7 @@ class ScriptedServer:
         return max(0, best - best % self.block_size)
 
     def _encode_text(self, text: str) -> list[int]:
-        """A text prompt as vLLM tokenizes it: special-token strings are special tokens."""
-        if isinstance(self.tokenizer, ScriptTokenizer):
-            return self.tokenizer.encode(text)
-        out: list[int] = []
-        for i, part in enumerate(_SPECIAL_SPLIT_RE.split(text)):
-            if i % 2:
-                try:
-                    out.append(self.tokenizer.special_id(part))
-                    continue
-                except KeyError:
-                    pass
-            out += self.tokenizer.encode(part) if part else []
-        return out
+        return encode_text_prompt(self.tokenizer, text)
 
     def _stop_ids(self, stop: str | None) -> list[int]:
         """The ids a model emits to end its reply on `stop` (None: by itself, i.e. <|eot_id|>)."""
