@@ -18,6 +18,7 @@ from typing import Literal
 
 from cwm_agent.model.base import Model, Prompt
 from cwm_agent.model.client import Completion
+from cwm_agent.model.tokenizer import SPECIAL_IDS
 from cwm_agent.prompts.render import (
     EOT,
     THINK_START,
@@ -29,16 +30,7 @@ from cwm_agent.prompts.render import (
 )
 from cwm_agent.prompts.templates import TRUNCATION_MARK
 
-EOT_ID = 128009
-SPECIAL_IDS = {
-    "<|begin_of_text|>": 128000,
-    "<|end_of_text|>": 128001,
-    "<|pad|>": 128004,
-    "<|start_header_id|>": 128006,
-    "<|end_header_id|>": 128007,
-    "<|eom_id|>": 128008,
-    EOT: EOT_ID,
-}
+EOT_ID = SPECIAL_IDS[EOT]
 _SHORT = 64
 
 

@@ -63,6 +63,10 @@ NAMED_SPECIAL_OFFSETS = {
     "<|reasoning_thinking_end|>": 121,
 }
 STOP_TOKENS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")
+FIRST_SPECIAL_ID = 128000
+"""The BPE file's size: the first special token's id."""
+SPECIAL_IDS = {name: FIRST_SPECIAL_ID + offset for name, offset in NAMED_SPECIAL_OFFSETS.items()}
+"""CWM's named special tokens and their ids."""
 # CWM encodes a text this long or longer in chunks of this many characters (a chunk border is a
 # token border); matched so long tool outputs split where the model's own code splits them.
 MAX_ENCODE_CHARS = 400_000
