@@ -1,61 +1,10 @@
-"""A scripted model that 'solves' SWE-bench instances by applying their gold patch.
-
-For `ScriptedServer(policy=GoldPolicy(instances))`: each episode is create → git apply →
-git diff → submit → final reply, so a batch run produces the gold patches as predictions
-without a GPU. The instance is recognised from the issue text in the prompt, and the turn from
-the number of assistant headers, so any number of episodes can run at once.
-"""
+"""The replayed gold model of the package (`cwm_agent.demo.gold`), as the tests use it."""
 
 from __future__ import annotations
 
-import threading
+from cwm_agent.demo.gold import ASSISTANT_HEADER, GoldPolicy, gold_steps
 
-from cwm_agent.model.scripted_server import Fault, ScriptedRequest
-
-ASSISTANT_HEADER = "<|start_header_id|>assistant<|end_header_id|>"
-
-
-def gold_steps(patch: str) -> list[str]:
-    """The model's replies of one episode (after the generation prompt's `<think>`)."""
-    return [
-        f"I will write the fix.\n</think>\n<tool: create>\n/tmp/gold.patch\n{patch}\n</tool>",
-        "Apply it and write the patch.\n</think>\n<tool: bash>\n"
-        "cd /testbed && git apply /tmp/gold.patch && git diff > /tmp/fix.patch && wc -l /tmp/fix.patch\n</tool>",
-        "Submit.\n</think>\n<tool: submit>\n/tmp/fix.patch\n</tool>",
-        "Done.\n</think>\nThe fix is submitted.",
-    ]
-
-
-class GoldPolicy:
-    """Answers every generation request of an episode of any of `instances`.
-
-    `fail`: instance ids whose requests get HTTP 400 (the client does not retry it, so the episode
-    ends in a model error at once). `seen`: the instance id of each generation request, in order.
-    A prompt of no known instance gets a 400 too, which a test notices (a 5xx would be retried).
-    """
-
-    def __init__(self, instances) -> None:
-        self.instances = list(instances)
-        self.fail: set[str] = set()
-        self.seen: list[str] = []
-        self._lock = threading.Lock()
-
-    def instance_for(self, prompt: str):
-        # The first assistant header ends the system and user messages: the issue is in there.
-        head = prompt.split(ASSISTANT_HEADER, 1)[0]
-        return next((i for i in self.instances if i.problem_statement.strip()[:200] in head), None)
-
-    def __call__(self, request: ScriptedRequest):
-        instance = self.instance_for(request.prompt)
-        if instance is None:
-            return Fault.http(400, "gold policy: the prompt holds none of the known issues")
-        with self._lock:
-            self.seen.append(instance.instance_id)
-        if instance.instance_id in self.fail:
-            return Fault.http(400, f"gold policy: told to fail {instance.instance_id}")
-        turn = request.prompt.count(ASSISTANT_HEADER) - 1
-        steps = gold_steps(instance.patch)
-        return steps[min(turn, len(steps) - 1)]
+__all__ = ["ASSISTANT_HEADER", "GoldPolicy", "gold_steps", "make_policy"]
 
 
 def make_policy(instances) -> GoldPolicy:

@@ -63,6 +63,7 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any]]] = [
     (swebench_app, "build-local", swebench.build_local),
     (swebench_app, "local-dataset", swebench.local_dataset),
     (swebench_app, "eval-script", swebench.eval_script),
+    (swebench_app, "replay-gold", swebench.replay_gold),
     (swebench_app, "select", tts.select_command),
     (swebench_app, "tts-report", tts.tts_report_command),
     (swebench_app, "stats", reports.stats),

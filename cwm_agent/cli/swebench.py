@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cwm_agent.cli.common import make_output_dir, split_ids
+from cwm_agent.cli.common import UsageError, make_output_dir, split_ids
 from cwm_agent.cli.console import err
 from cwm_agent.cli.console import user_error as _fail
 
@@ -196,3 +196,35 @@ def eval_script(
         raise _fail(str(exc)) from None
     err.print(f"# images, in the order tried: {', '.join(candidate_images(instance))}; log parser: {spec.log_parser}")
     typer.echo(spec.eval_script, nl=False)
+
+
+def replay_gold(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset file or Hugging Face id (its gold patches)."),
+    port: int = typer.Option(8000, "--port", help="Port to serve on (127.0.0.1)."),
+    split: str = typer.Option("test", "--split", help="Split, for Hugging Face datasets."),
+) -> None:
+    """Serve a REPLAYED model (not CWM) that submits each instance's gold patch: `swebench run` without a GPU."""
+    import signal
+    import threading
+
+    from cwm_agent.demo.gold import MODEL_NAME, GoldPolicy  # inside: CLI start-up time
+    from cwm_agent.model.scripted_server import ScriptedServer
+    from cwm_agent.swebench.dataset import load_instances
+
+    instances = load_instances(dataset, split=split)
+    server = ScriptedServer(policy=GoldPolicy(instances), port=port, model=MODEL_NAME)
+    try:
+        server.start()
+    except OSError as exc:
+        raise UsageError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror or exc})") from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+    err.print(
+        f"REPLAYED MODEL (gold patches of {len(instances)} instances, not CWM) at {server.url}; Ctrl-C stops it",
+        highlight=False,
+        soft_wrap=True,
+    )
+    while not stop.wait(0.5):
+        pass
+    server.stop()
