@@ -325,7 +325,9 @@ class BashSession:
                 orphans = "1" if self.host.orphans_are_ours else "0"
                 since = str(max(0, self.shell_start_ticks - 1))
                 args = ["KILL", str(self.shell_pid), since, orphans, "1"]
-                if not self.host.run_helper(KILL_HELPER, args, timeout=10):
+                # A helper that cannot run while the shell lives (every pid taken) calls for the last resort;
+                # when the shell is gone too, the machine may have stopped: starting afresh will say so.
+                if not self.host.run_helper(KILL_HELPER, args, timeout=10) and old.alive():
                     self.host.reset()
             old.close()
         self._start_locked()
