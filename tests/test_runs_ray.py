@@ -28,6 +28,9 @@ from cwm_agent.swebench.local import INSTANCES_FILE
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'cwm-agent[ray]')")
 
+# Every test here starts a local Ray cluster whose nodes are censused for their Docker engine and images.
+pytestmark = pytest.mark.docker
+
 from cwm_agent.benchmarks.ray_overhead import RAY_ENV, LocalCluster  # noqa: E402
 from cwm_agent.runs.executor import LocalExecutor, RayExecutor, map_items  # noqa: E402
 
