@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,8 +28,10 @@ def rows(path: Path) -> list[dict]:
 
 
 def _remove_images(path: Path) -> None:
+    """At exit: the task images and the folder of the tasks file go (nothing of the tests is left behind)."""
     if path.exists():
         subprocess.run(["docker", "rmi", "-f", *[r["image"] for r in rows(path)]], capture_output=True)
+    shutil.rmtree(path.parent, ignore_errors=True)
 
 
 @cache
