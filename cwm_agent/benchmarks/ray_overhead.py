@@ -85,9 +85,13 @@ class LocalCluster:
     def _start(self, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--object-store-memory", str(self.object_store),
                   "--resources", json.dumps({"sandbox_slots": self.slots}), "--block"]  # fmt: skip
+        # The nodes' tasks make their temporary folders inside the cluster's, so a node killed mid-task
+        # leaves nothing behind once the cluster is stopped.
+        scratch = self.temp_dir / "t"
+        scratch.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(
-            [ray_cli(), "start", *args, *common], env=env or RAY_ENV, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
+            [ray_cli(), "start", *args, *common], env={**(env or RAY_ENV), "TMPDIR": str(scratch)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         self.nodes.append(proc)
         return proc
