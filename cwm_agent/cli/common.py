@@ -107,3 +107,14 @@ def release_override(path: Optional[Path]) -> dict[str, Any]:
     load_release_texts(root)
     load_release(root)
     return {"cwm_release": str(root)}
+
+
+def run_config(
+    config_file: Optional[Path], set_options: Optional[list[str]], cwm_release: Optional[Path], flags: dict[str, Any]
+) -> Any:
+    """The run's configuration: defaults, then `--config FILE`, then `-c key=value`, then the command's own
+    flags (`flags`, nested like the config) and `--cwm-release`, the later winning."""
+    from cwm_agent.agent.config import load_config, merge  # inside: CLI start-up time
+
+    overrides = merge(parse_set_options(set_options), {**flags, **release_override(cwm_release)})
+    return load_config(config_file, overrides)

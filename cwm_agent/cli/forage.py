@@ -9,14 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from cwm_agent.cli.common import (
-    RELEASE_HELP,
-    SET_HELP,
-    UsageError,
-    check_output_dir,
-    parse_set_options,
-    release_override,
-)
+from cwm_agent.cli.common import RELEASE_HELP, SET_HELP, UsageError, check_output_dir, run_config
 from cwm_agent.cli.console import err
 
 
@@ -126,7 +119,7 @@ def run_command(
     Resumable: run it again and finished episodes and evaluations are skipped. Exit status as `swebench run`:
     0 when every episode ran, 3 when some errored, 4 when the model server went down.
     """
-    from cwm_agent.agent.config import load_config, merge
+
     from cwm_agent.forager.collect import evaluate_rollouts, keep_tasks
     from cwm_agent.model.endpoints import endpoint_urls
     from cwm_agent.runs.batch import exit_code
@@ -140,10 +133,7 @@ def run_command(
 
     check_output_dir(output)
     urls = endpoint_urls(model_urls, model_urls_file)
-    overrides = merge(
-        parse_set_options(set_options), {"model": {"url": urls[0]} if urls else {}, **release_override(cwm_release)}
-    )
-    config = load_config(config_file, overrides)
+    config = run_config(config_file, set_options, cwm_release, {"model": {"url": urls[0]} if urls else {}})
     executor = make_executor(executor_name, ray_address)
     instances = load_instances(tasks)
     if not instances:

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cwm_agent.cli.common import RELEASE_HELP, SET_HELP, make_output_dir, parse_set_options, release_override
+from cwm_agent.cli.common import RELEASE_HELP, SET_HELP, make_output_dir, run_config
 from cwm_agent.cli.console import err
 from cwm_agent.cli.console import user_error as _fail
 
@@ -138,7 +138,6 @@ def solve(
     set_options: Optional[List[str]] = typer.Option(None, "-c", "--set", help=SET_HELP),
 ) -> None:
     """Solve an issue in a repository: writes DIR/patch.diff and DIR/trajectory.jsonl; streams each turn."""
-    from cwm_agent.agent.config import ConfigError, load_config, merge
     from cwm_agent.agent.repo import RepoError
     from cwm_agent.agent.task import Task
     from cwm_agent.model.client import ModelError
@@ -150,13 +149,8 @@ def solve(
         "model": {"url": model_url} if model_url else {},
         "agent": {"max_turns": max_turns} if max_turns is not None else {},
         "sandbox": {"backend": sandbox} if sandbox else {},
-        **release_override(cwm_release),
     }
-    overrides = merge(parse_set_options(set_options), flags)
-    try:
-        config = load_config(config_file, overrides)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
+    config = run_config(config_file, set_options, cwm_release, flags)
     # Not made here: the trajectory writer makes it, so a mistake found first leaves no empty directory.
     output_dir = output or Path("runs") / time.strftime("solve-%Y%m%d-%H%M%S")
     if output_dir.exists() and not output_dir.is_dir():

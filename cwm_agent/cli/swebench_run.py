@@ -10,14 +10,7 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
-from cwm_agent.cli.common import (
-    RELEASE_HELP,
-    SET_HELP,
-    check_output_dir,
-    parse_set_options,
-    release_override,
-    split_ids,
-)
+from cwm_agent.cli.common import RELEASE_HELP, SET_HELP, check_output_dir, run_config, split_ids
 from cwm_agent.cli.console import err
 from cwm_agent.cli.console import user_error as _fail
 
@@ -114,7 +107,7 @@ def run_command(
     model server went down and the run was stopped, 2 for a mistake in the command, 1 when the harness
     itself failed (traceback in logs/harness.log), 130/143 on Ctrl-C/SIGTERM (run again to resume).
     """
-    from cwm_agent.agent.config import load_config, merge
+
     from cwm_agent.errors import UserError
     from cwm_agent.model.client import ModelError
     from cwm_agent.model.endpoints import endpoint_urls
@@ -128,10 +121,7 @@ def run_command(
     from cwm_agent.swebench.dataset import load_instances
 
     urls = endpoint_urls(model_urls, model_urls_file)
-    overrides = merge(
-        parse_set_options(set_options), {"model": {"url": urls[0]} if urls else {}, **release_override(cwm_release)}
-    )
-    config = load_config(config_file, overrides)
+    config = run_config(config_file, set_options, cwm_release, {"model": {"url": urls[0]} if urls else {}})
     executor = make_executor(executor_name, ray_address)
     filters = {"instance_ids": split_ids(instance_ids), "repos": split_ids(repos), "slice": slice_,
                "shuffle_seed": shuffle_seed}  # fmt: skip
