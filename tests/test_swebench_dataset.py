@@ -52,7 +52,7 @@ def test_filters_by_ids_repos_slice_and_seeded_shuffle(verified):
     assert [i.instance_id for i in a] != [i.instance_id for i in verified[:20]]
 
 
-def test_unknown_ids_and_bad_inputs_are_clear_errors(tmp_path):
+def test_unknown_ids_and_bad_inputs_are_clear_errors(tmp_path, verified):
     with pytest.raises(DatasetError, match="nope__nope-1, also__missing-2"):
         load_instances(VERIFIED, instance_ids=["django__django-11099", "nope__nope-1", "also__missing-2"])
     with pytest.raises(DatasetError, match="does not exist"):
@@ -162,7 +162,7 @@ def test_local_instances_are_swebench_rows_with_eval_scripts():
         assert START_TEST_OUTPUT in spec.eval_script
 
 
-def test_cli_errors_are_one_line_without_traceback(tmp_path):
+def test_cli_errors_are_one_line_without_traceback(tmp_path, verified):
     from cwm_agent.cli import app
 
     runner = CliRunner()
