@@ -32,3 +32,22 @@ def local_images(docker_client):
 
     build_local_images()
     return local_instances()
+
+
+DOCKER_FIXTURES = {"docker_client", "base_image", "local_images"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that takes a Docker fixture is in the `docker` tier even if its author forgot the mark,
+    so `-m "not docker"` never runs (and fails on) a test that needs an engine."""
+    for item in items:
+        if DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.docker)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """Workers for `-n auto` (pyproject's addopts): the tier that needs no Docker mostly waits on
+    subprocesses and clocks, so it runs on two workers (a file's tests stay together); a run that takes
+    Docker tests runs in one process, as they share an engine, images and the machine's CPUs."""
+    selection = " ".join((config.getoption("markexpr") or "").split())
+    return 2 if "not docker" in selection else 0

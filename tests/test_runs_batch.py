@@ -130,8 +130,9 @@ def test_rollouts_run_round_robin_with_their_seeds_and_the_tokens_add_up(model, 
     assert {q.body.get("seed") for q in requests} == {5, 6}
 
     # Round robin: every instance's first patch rollout starts before any second one.
-    started = sorted(trajectories, key=lambda k: trajectories[k].header.started_at)
-    assert set(started[:3]) == set(IDS) and set(started[-3:]) == {f"{i}.patch-1" for i in IDS}
+    # (Two workers start sandboxes side by side, so neighbours in the queue may start in either order.)
+    started = {k: t.header.started_at for k, t in trajectories.items()}
+    assert max(started[i] for i in IDS) < min(started[f"{i}.patch-1"] for i in IDS)
 
     # Token accounting: per item and per run, equal to what the server itself counted.
     assert sum(r["tokens"]["prompt"] for r in results) == sum(q.prompt_tokens for q in requests)

@@ -16,6 +16,9 @@ import subprocess
 import sys
 import termios
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 SHOW = r"""
 import asyncio, sys
@@ -79,8 +82,22 @@ def in_pty(columns: int, seconds: float) -> str:
     return b"".join(chunks).decode("utf-8", errors="replace")
 
 
-def test_in_a_wide_terminal_the_block_is_redrawn_every_second_without_events():
-    screen = in_pty(120, 2.5)
+def in_pipe(seconds: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", SHOW, str(seconds)], capture_output=True, text=True, env=_env(), timeout=30
+    )
+
+
+@pytest.fixture(scope="module")
+def shown():
+    """The three displays run side by side (each waits on its own clock, so together they take as long as one)."""
+    with ThreadPoolExecutor(3) as pool:
+        wide, narrow, pipe = pool.submit(in_pty, 120, 2.5), pool.submit(in_pty, 60, 2.2), pool.submit(in_pipe, 1.5)
+        return {"wide": wide.result(), "narrow": narrow.result(), "pipe": pipe.result()}
+
+
+def test_in_a_wide_terminal_the_block_is_redrawn_every_second_without_events(shown):
+    screen = shown["wide"]
     assert "terminal=True width=120" in screen
     text = ANSI.sub("", screen)
     # The clocks moved with nothing happening in the run: the timer redrew the block.
@@ -99,8 +116,8 @@ def test_in_a_wide_terminal_the_block_is_redrawn_every_second_without_events():
     assert "Traceback" not in text
 
 
-def test_in_a_narrow_terminal_it_prints_plain_lines():
-    screen = in_pty(60, 2.2)
+def test_in_a_narrow_terminal_it_prints_plain_lines(shown):
+    screen = shown["narrow"]
     assert "terminal=True width=60" in screen
     text = ANSI.sub("", screen)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -111,8 +128,8 @@ def test_in_a_narrow_terminal_it_prints_plain_lines():
     assert "\x1b[2K" not in screen and "\x1b[1A" not in screen  # no redrawing in place
 
 
-def test_in_a_pipe_it_prints_plain_lines():
-    proc = subprocess.run([sys.executable, "-c", SHOW, "1.5"], capture_output=True, text=True, env=_env(), timeout=30)
+def test_in_a_pipe_it_prints_plain_lines(shown):
+    proc = shown["pipe"]
     assert proc.returncode == 0, proc.stderr
     assert "terminal=False" in proc.stderr and "\x1b[" not in proc.stderr
     assert "[11/40] astropy__astropy-12907 submitted (turns 17" in proc.stderr

@@ -9,8 +9,6 @@ from typing import NoReturn, Optional
 import typer
 
 from cwm_agent.cli.console import user_error
-from cwm_agent.model.serve import ServeError, ServeOptions, build_command, resolve_tensor_parallel
-from cwm_agent.model.serve import serve as run_server
 
 
 def serve(
@@ -39,6 +37,9 @@ def serve(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the vllm command and exit."),
 ) -> None:
     """Serve CWM with vLLM (prefix caching on) and print the endpoint to pass as --model-url."""
+    # Imported here for start-up time: its pydantic models cost every other command ~70 ms.
+    from cwm_agent.model.serve import ServeError, ServeOptions, build_command, resolve_tensor_parallel
+    from cwm_agent.model.serve import serve as run_server
 
     try:
         extra_args = [arg for chunk in extra for arg in shlex.split(chunk)]
