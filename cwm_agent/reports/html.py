@@ -31,7 +31,7 @@ from cwm_agent import __version__
 from cwm_agent.agent.trajectory import Trajectory, Turn
 from cwm_agent.reports.plots import histogram
 from cwm_agent.reports.runfolder import Item, RunFolder
-from cwm_agent.reports.show import closes_episode, final_text, one_line_call
+from cwm_agent.reports.show import closes_episode, final_text, one_line_call, shown_observation
 from cwm_agent.reports.summary import Summary, load_trajectory, summarize
 
 HERE = Path(__file__).resolve().parent
@@ -114,7 +114,6 @@ class TurnView:
     observation_role: str | None
     observation: str | None
     observation_lines: int
-    observation_unsent: bool
 
     @property
     def fold_observation(self) -> bool:
@@ -159,15 +158,7 @@ def turn_view(turn: Turn, closing: bool = False) -> TurnView:
             thinking = turn.raw.split("</think>")[0]
     elif turn.format_error or turn.action is None:
         reply = turn.raw.split("</think>")[-1].strip() if (turn.thinking and "</think>" in turn.raw) else turn.raw
-    shown = turn.observation or getattr(turn, "unsent_observation", None)
-    repeats_error = (
-        turn.format_error is not None
-        and shown is not None
-        and shown.role == "user"
-        and shown.content.strip() == turn.format_error.strip()
-    )
-    if repeats_error:
-        shown = None
+    shown = shown_observation(turn)
     return TurnView(
         index=turn.index,
         tool=tool,
@@ -188,7 +179,6 @@ def turn_view(turn: Turn, closing: bool = False) -> TurnView:
         observation_role=shown.role if shown else None,
         observation=shown.content if shown else None,
         observation_lines=shown.content.count("\n") + 1 if shown else 0,
-        observation_unsent=turn.observation is None and getattr(turn, "unsent_observation", None) is not None,
     )
 
 

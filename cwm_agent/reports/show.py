@@ -24,6 +24,7 @@ from rich.text import Text
 
 from cwm_agent.agent.trajectory import Header, Record, Result, Trajectory, Turn
 from cwm_agent.errors import UserError
+from cwm_agent.prompts.render import Message
 from cwm_agent.reports.runfolder import (
     Evaluation,
     RunFolderError,
@@ -155,6 +156,20 @@ def _after_thinking(raw: str) -> str:
     return raw.split("</think>")[-1].strip() if "</think>" in raw else raw.strip()
 
 
+def shown_observation(turn: Turn) -> Message | None:
+    """The harness's answer to `turn` as a reader sees it: None when there was none, or when it only
+    repeats the turn's format error (shown once, beside the reply)."""
+    shown = turn.observation
+    if (
+        shown is not None
+        and turn.format_error is not None
+        and shown.role == "user"
+        and shown.content.strip() == turn.format_error.strip()
+    ):
+        return None
+    return shown
+
+
 def closes_episode(turn: Turn, trajectory: Trajectory) -> bool:
     """Whether `turn` is the reply after an accepted submission that called no tool: under CWM's rules
     it ends the episode and the submission is graded, so it is the final answer, not a mistake."""
@@ -212,18 +227,9 @@ def render_turn(turn: Turn, opts: ShowOptions, closing: bool = False) -> Group:
         )
     else:
         parts.append(Panel(_text(_after_thinking(turn.raw), opts), title="final response", title_align="left"))
-    shown = turn.observation or getattr(turn, "unsent_observation", None)
-    repeats_error = (
-        turn.format_error is not None
-        and shown is not None
-        and shown.role == "user"
-        and shown.content.strip() == turn.format_error.strip()
-    )
-    if shown is not None and not repeats_error:
-        note = "" if turn.observation else " (not sent: the context was full)"
-        parts.append(
-            Panel(_text(shown.content, opts), title=f"{shown.role}{note}", title_align="left", border_style="dim")
-        )
+    shown = shown_observation(turn)
+    if shown is not None:
+        parts.append(Panel(_text(shown.content, opts), title=shown.role, title_align="left", border_style="dim"))
     return Group(*parts)
 
 
