@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from gold_policy import GoldPolicy
 
+from cwm_agent.model.scripted_server import ScriptedServer
+from cwm_agent.model.tokenizer import TokenizerNotFoundError, find_bpe_file, load_tokenizer
 from cwm_agent.sandbox.images import BASE_IMAGE
+
+NEEDS_TOKENIZER = (
+    "needs Llama 3's tokenizer.model (tiktoken BPE file) and `tiktoken`: "
+    "`python -m cwm_agent.model.tokenizer fetch` or `bash scripts/setup.sh --test`"
+)
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +40,41 @@ def local_images(docker_client):
 
     build_local_images()
     return local_instances()
+
+
+@pytest.fixture(scope="module")
+def gold(local_images):
+    """One scripted server for a module's tests, replaying each local instance's gold patch."""
+    policy = GoldPolicy(local_images)
+    with ScriptedServer(policy=policy) as server:
+        yield server, policy
+
+
+@pytest.fixture
+def model(gold):
+    """The module's gold server, reset between tests (no latency, no failing instance)."""
+    server, policy = gold
+    server.latency, policy.fail = 0.0, set()
+    yield server, policy
+    server.latency, policy.fail = 0.0, set()
+
+
+@pytest.fixture(scope="module")
+def bpe_file():
+    """Llama 3's tiktoken BPE file, on which CWM's tokenizer is built (skips naming it when absent)."""
+    try:
+        return find_bpe_file()
+    except TokenizerNotFoundError:
+        pytest.skip(NEEDS_TOKENIZER)
+
+
+@pytest.fixture(scope="module")
+def tok(bpe_file):
+    """CWM's tokenizer (skips when `tiktoken` is missing)."""
+    try:
+        return load_tokenizer(bpe_file)
+    except TokenizerNotFoundError:
+        pytest.skip(NEEDS_TOKENIZER)
 
 
 DOCKER_FIXTURES = {"docker_client", "base_image", "local_images"}

@@ -9,23 +9,11 @@ import pytest
 
 from cwm_agent.model.client import ModelClient, ModelConfig, ModelError, SamplingParams
 from cwm_agent.model.scripted_server import Reply, ScriptedServer
-from cwm_agent.model.tokenizer import TokenizerNotFoundError, load_tokenizer
+from cwm_agent.model.tokenizer import TokenizerNotFoundError
 from cwm_agent.prompts.render import Message, render_pieces
 
 pytestmark = pytest.mark.timeout(60)
 EOT_ID = 128009
-NEEDS_FILE = (
-    "needs Llama 3's tokenizer.model (tiktoken BPE file) and `tiktoken`: "
-    "`python -m cwm_agent.model.tokenizer fetch` or `bash scripts/setup.sh --test`"
-)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    try:
-        return load_tokenizer()
-    except TokenizerNotFoundError:
-        pytest.skip(NEEDS_FILE)
 
 
 def run(coro):

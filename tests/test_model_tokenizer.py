@@ -17,19 +17,6 @@ from cwm_agent.model.scripted_server import ScriptedServer
 from cwm_agent.model.tokenizer import TokenizerNotFoundError, find_bpe_file, load_tokenizer
 from cwm_agent.prompts.render import Message, Piece, continuation_pieces, render_pieces
 
-NEEDS_FILE = (
-    "needs Llama 3's tokenizer.model (tiktoken BPE file) and `tiktoken`: "
-    "`python -m cwm_agent.model.tokenizer fetch` or `bash scripts/setup.sh --test`"
-)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    try:
-        return load_tokenizer()
-    except TokenizerNotFoundError:
-        pytest.skip(NEEDS_FILE)
-
 
 def server_encode(tok, text: str) -> list[int]:
     """The joined text as a server tokenizes a text prompt (special-token strings are special ids)."""
@@ -144,15 +131,15 @@ def _fake_pip(content: bytes):
     return run
 
 
-def test_fetch_takes_the_file_out_of_the_wheel_and_checks_its_hash(tmp_path, monkeypatch):
+def test_fetch_refuses_a_file_whose_hash_is_not_llama3s(tmp_path, monkeypatch):
     monkeypatch.setattr(tokmod.subprocess, "run", _fake_pip(b"SGk= 0\n"))
     with pytest.raises(TokenizerNotFoundError, match="SHA-256"):
         tokmod.fetch(tmp_path / "t.model")
     assert not (tmp_path / "t.model").exists()
-    try:
-        real = find_bpe_file().read_bytes()
-    except TokenizerNotFoundError:
-        pytest.skip(NEEDS_FILE)
+
+
+def test_fetch_takes_the_file_out_of_the_wheel(tmp_path, monkeypatch, bpe_file):
+    real = bpe_file.read_bytes()
     assert hashlib.sha256(real).hexdigest() == tokmod.LLAMA3_BPE_SHA256
     monkeypatch.setattr(tokmod.subprocess, "run", _fake_pip(real))
     assert tokmod.fetch(tmp_path / "t.model").read_bytes() == real

@@ -87,21 +87,6 @@ class UnfinishedPolicy(GoldPolicy):
         return reply if turn < 3 else "Check again.\n</think>\n<tool: bash>\ntrue\n</tool>"
 
 
-@pytest.fixture(scope="module")
-def gold(local_images):
-    policy = GoldPolicy(local_images)
-    with ScriptedServer(policy=policy) as server:
-        yield server, policy
-
-
-@pytest.fixture
-def model(gold):
-    server, policy = gold
-    server.latency, policy.fail = 0.0, set()
-    yield server, policy
-    server.latency, policy.fail = 0.0, set()
-
-
 def test_rollouts_run_round_robin_with_their_seeds_and_the_tokens_add_up(model, tmp_path):
     server, _ = model
     out = tmp_path / "run"

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-from gold_policy import GoldPolicy
 
 from cwm_agent.agent.trajectory import Trajectory
 from cwm_agent.model.scripted_server import ScriptedServer
@@ -93,22 +92,6 @@ def no_container_left():
         for c in containers_of(pid):
             subprocess.run(["docker", "rm", "-f", c["Id"]], capture_output=True)
     assert not left, f"containers left behind: {left}"
-
-
-@pytest.fixture(scope="module")
-def gold(local_images):
-    policy = GoldPolicy(local_images)
-    with ScriptedServer(policy=policy) as server:
-        yield server, policy
-
-
-@pytest.fixture
-def model(gold):
-    """The shared scripted server, reset between tests (no latency, no failing instance)."""
-    server, policy = gold
-    server.latency, policy.fail = 0.0, set()
-    yield server, policy
-    server.latency, policy.fail = 0.0, set()
 
 
 def generations(server: ScriptedServer) -> int:
