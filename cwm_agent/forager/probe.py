@@ -10,6 +10,7 @@ functions module-level code called while the tests were collected.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -68,9 +69,9 @@ def _stop(key: str) -> None:
     _cover[key] = sorted(found)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_collection(session):
-    """Module-level code runs here: what it calls reaches every test (key `<collection>`)."""
+@contextlib.contextmanager
+def _traced(key: str):
+    """Record under `key` the functions entered inside the block (with $FORAGE_TRACE=1)."""
     trace = _tracing()
     if trace:
         _start()
@@ -78,19 +79,20 @@ def pytest_collection(session):
         yield
     finally:
         if trace:
-            _stop("<collection>")
+            _stop(key)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_collection(session):
+    """Module-level code runs here: what it calls reaches every test (key `<collection>`)."""
+    with _traced("<collection>"):
+        yield
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    trace = _tracing()
-    if trace:
-        _start()
-    try:
+    with _traced(item.nodeid):
         yield
-    finally:
-        if trace:
-            _stop(item.nodeid)
 
 
 def pytest_runtest_logreport(report):

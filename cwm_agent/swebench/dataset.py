@@ -227,11 +227,9 @@ def load_instances(
         try:
             instances.append(SWEBenchInstance.model_validate(row))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
             raise DatasetError(
                 f"{source}: row {number} ({row.get('instance_id', '?')}) is not a SWE-bench instance: "
-                f"{where}: {first['msg']}."
+                f"{_first_error(exc)}."
             ) from None
 
     if instance_ids:
@@ -252,6 +250,12 @@ def load_instances(
     return instances
 
 
+def _first_error(exc: ValidationError) -> str:
+    """`field: what is wrong` for the first thing pydantic found wrong in a row."""
+    first = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+
+
 def load_predictions(path: Path) -> list[Prediction]:
     """Predictions in the official format: .jsonl, a JSON list, or a JSON dict keyed by instance id."""
     if not path.is_file():
@@ -264,11 +268,9 @@ def load_predictions(path: Path) -> list[Prediction]:
         try:
             pred = Prediction.model_validate(row)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
             raise DatasetError(
                 f"{path}: prediction {number} is not in the official format "
-                f"(instance_id, model_name_or_path, model_patch): {where}: {first['msg']}."
+                f"(instance_id, model_name_or_path, model_patch): {_first_error(exc)}."
             ) from None
         # A later line for the same instance wins, as when a run appended a retry.
         predictions[pred.instance_id] = pred
