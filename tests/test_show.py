@@ -222,3 +222,30 @@ def test_follow_a_trajectory_written_again_from_its_start(tmp_path):
     assert proc.returncode == 0, err
     assert "the trajectory was started again" in out and "turn_limit" in out
     assert out.count("Fix the bug in calc.py") == 2
+
+
+def ended_without_a_call(path: Path, graded: bool) -> None:
+    """An episode whose last reply called no tool: after a submission (graded) or at the turn limit."""
+    writer = TrajectoryWriter(path)
+    writer.write(Header(run_id="r1", started_at=0.0, versions={}, task={"task_id": "t-1"}, config={},
+                        reasoning=True, system_prompt="S", user_prompt="Fix it"))  # fmt: skip
+    writer.write(Turn(index=1, raw="send it\n</think>\n<tool: submit>\nfix.diff\n</tool>", thinking="send it",
+                      action=Action(tool="submit", body="fix.diff"), tool_ok=True,
+                      observation=Message(role="tool: submit", content="accepted")))  # fmt: skip
+    writer.write(Turn(index=2, raw="done\n</think>\nThe off-by-one in calc.py is fixed.", thinking="done",
+                      format_error="FormatError: no tool call"))  # fmt: skip
+    status = ExitStatus.SUBMITTED if graded else ExitStatus.TURN_LIMIT
+    writer.write(Result(exit_status=status, graded=graded, submission="diff --git a/calc.py b/calc.py\n", turns=2))
+    writer.close()
+
+
+def test_follow_shows_a_reply_that_ends_a_graded_episode_as_the_final_reply(tmp_path):
+    for graded in (True, False):
+        path = tmp_path / f"graded-{graded}.jsonl"
+        ended_without_a_call(path, graded)
+        for args in ((), ("--follow",)):  # following it agrees with showing it once it is written
+            proc = show(str(path), *args)
+            assert proc.returncode == 0, proc.stderr
+            assert "The off-by-one in calc.py is fixed." in proc.stdout
+            assert ("final reply (ends the episode" in proc.stdout) is graded, (graded, args, proc.stdout)
+            assert ("not a valid call" in proc.stdout) is not graded, (graded, args, proc.stdout)

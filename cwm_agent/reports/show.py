@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from pydantic import TypeAdapter
 from rich.console import Console, Group, RenderableType
@@ -377,24 +377,17 @@ def wait_for_start(
             time.sleep(poll)
 
 
-def follow(
-    target: Target, console: Console, opts: ShowOptions, poll: float = 0.25, on_wait: Callable[[], None] | None = None
-) -> Result:
-    """Print the trajectory's records as they are appended, until its result record; returns it.
-
-    Only whole lines are read, so a record being written is printed once it is complete."""
-    path = target.trajectory
-    if not path.is_file():
-        raise ShowError(f"{path}: no such file")
+def _appended_records(path: Path, poll: float, on_wait: Callable[[], None] | None) -> Iterator[Record | None]:
+    """The file's records as they are appended (whole lines only, so a record being written is read once
+    it is complete); None when the file was written again from its start."""
     offset, pending = 0, b""
     waited = False
     while True:
         try:
             with path.open("rb") as fh:
                 if os.fstat(fh.fileno()).st_size < offset:
-                    # Written again from its start: a resumed run restarts an unfinished episode.
-                    console.print(Rule("the trajectory was started again", style="yellow"))
                     offset, pending = 0, b""
+                    yield None
                 fh.seek(offset)
                 chunk = fh.read()
                 offset = fh.tell()
@@ -403,20 +396,49 @@ def follow(
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
-            if not line.strip():
-                continue
-            try:
-                record = _records.validate_python(json.loads(line))
-            except ValueError:
-                raise ShowError(f"{path}: a line is not a trajectory record; is this a cwm-agent trajectory?") from None
-            if isinstance(record, Header):
-                console.print(render_header(record, opts))
-            elif isinstance(record, Turn):
-                console.print(render_turn(record, opts))
-            else:
-                console.print(render_result(record, opts))
-                return record
+            if line.strip():
+                try:
+                    yield _records.validate_python(json.loads(line))
+                except ValueError:
+                    raise ShowError(
+                        f"{path}: a line is not a trajectory record; is this a cwm-agent trajectory?"
+                    ) from None
         if not lines and not waited and on_wait is not None:
             on_wait()
             waited = True
         time.sleep(poll)
+
+
+def follow(
+    target: Target, console: Console, opts: ShowOptions, poll: float = 0.25, on_wait: Callable[[], None] | None = None
+) -> Result:
+    """Print the trajectory's records as they are appended, until its result record; returns it."""
+    path = target.trajectory
+    if not path.is_file():
+        raise ShowError(f"{path}: no such file")
+    # A reply that ended the episode without a call is the final reply when the result is graded and a
+    # mistake otherwise: it waits for the result record (it is always the last turn) to be shown as one.
+    held: Turn | None = None
+    try:
+        for record in _appended_records(path, poll, on_wait):
+            if record is None:  # a resumed run restarts an unfinished episode
+                console.print(Rule("the trajectory was started again", style="yellow"))
+                held = None
+            elif isinstance(record, Header):
+                console.print(render_header(record, opts))
+            elif isinstance(record, Turn):
+                if held is not None:
+                    console.print(render_turn(held, opts))
+                held = record if record.action is None and record.observation is None else None
+                if held is None:
+                    console.print(render_turn(record, opts))
+            else:
+                if held is not None:
+                    console.print(render_turn(held, opts, closing=record.graded))
+                console.print(render_result(record, opts))
+                return record
+    except KeyboardInterrupt:
+        if held is not None:  # stopped before the result: the reply as it stands
+            console.print(render_turn(held, opts))
+        raise
+    raise ShowError(f"{path}: ended without a result record")
