@@ -4,6 +4,7 @@ item ids, a hostile instance id, and an HTML report written from recorded trajec
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,52 @@ def test_follow_waits_for_an_episode_that_has_not_started(tmp_path):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "Fix the bug in calc.py" in out and "turn_limit" in out
+
+
+def two_rollout_run(root: Path, name: str, resolved: dict[str, set[str]]) -> Path:
+    """A run of two patch rollouts per instance; `resolved[item_id]` is what each rollout's evaluation says."""
+    run = root / name
+    (run / "trajectories").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"rollouts": 2}))
+    lines = []
+    for instance in ("acme__calc-1", "acme__calc-2"):
+        for rollout in (0, 1):
+            item_id = instance if rollout == 0 else f"{instance}.patch-{rollout}"
+            lines.append({"instance_id": instance, "kind": "patch", "rollout": rollout, "item_id": item_id,
+                          "status": "submitted", "graded": True, "submission": "diff", "turns": 2})  # fmt: skip
+            write_trajectory(run / "trajectories" / f"{item_id}.jsonl")
+            root_of_rollout = run / "eval" / (f"rollout-{rollout}" if rollout else "")
+            (root_of_rollout / instance).mkdir(parents=True)
+            outcome = "resolved" if item_id in resolved else "unresolved"
+            (root_of_rollout / instance / "result.json").write_text(
+                json.dumps({"instance_id": instance, "outcome": outcome})
+            )
+    (run / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return run
+
+
+def section_ids(index: str, section: str) -> list[str]:
+    """The instance ids listed in one section of a comparison page."""
+    body = index.split(f'<section id="{section}">')[1].split("</section>")[0]
+    return re.findall(r"<tr><td>([^<]+)</td>", body)
+
+
+def test_compare_chooses_the_rollout_it_compares(tmp_path):
+    # Rollout 0: A resolves calc-1, B resolves nothing. Rollout 1: A resolves nothing, B resolves calc-2.
+    run_a = two_rollout_run(tmp_path, "a", {"acme__calc-1"})
+    run_b = two_rollout_run(tmp_path, "b", {"acme__calc-2.patch-1"})
+    expected = {0: (["acme__calc-1"], []), 1: ([], ["acme__calc-2"])}
+    for rollout, (only_a, only_b) in expected.items():
+        out = tmp_path / f"compare-{rollout}"
+        proc = cwm("report", str(run_a), "--compare", str(run_b), "--rollout", str(rollout), "-o", str(out))
+        assert proc.returncode == 0, proc.stderr
+        index = (out / "index.html").read_text()
+        assert section_ids(index, "only-a") == only_a and section_ids(index, "only-b") == only_b, rollout
+        assert f"Every instance (rollout {rollout})" in index
+    for args, words in [
+        (("--compare", str(run_b), "--rollout", "2"), "--rollout 2: a has 2 patch rollout(s) and b 2"),
+        (("--rollout", "1"), "--rollout chooses what --compare compares"),
+    ]:
+        proc = cwm("report", str(run_a), *args, "-o", str(tmp_path / "never"))
+        assert proc.returncode == 2 and words in proc.stderr and proc.stderr.count("\n") == 1, (args, proc.stderr)
+        assert not (tmp_path / "never").exists()

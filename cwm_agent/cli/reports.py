@@ -101,18 +101,30 @@ def report(
         None, "-o", "--output", help="Output folder (default: RUN_DIR/report, or RUN_DIR/compare-RUN_B)."
     ),
     eval_dir: Optional[Path] = typer.Option(None, "--eval", help="Evaluation folder (default: RUN_DIR/eval)."),
+    rollout: int = typer.Option(
+        0, "--rollout", "-k", min=0, help="With --compare: the patch rollout compared (default 0, pass@1's)."
+    ),
 ) -> None:
     """Write a static HTML report of a run (open index.html; works offline): summary with plots, a
     sortable and filterable table of instances, a page per trajectory."""
     from cwm_agent.reports.html import write_compare, write_report
     from cwm_agent.reports.runfolder import load_run
 
+    if rollout and compare is None:
+        raise UsageError(
+            "--rollout chooses what --compare compares; a report shows every rollout (add --compare RUN_B)"
+        )
     run = load_run(run_dir, eval_dir)
     other = None if compare is None else load_run(compare)
+    if other is not None and rollout >= max(run.rollouts, other.rollouts):
+        raise UsageError(
+            f"--rollout {rollout}: {run.name} has {run.rollouts} patch rollout(s) and {other.name} {other.rollouts}"
+            " (rollouts count from 0)"
+        )
     out = output or (run_dir / "report" if other is None else run_dir / f"compare-{other.name}")
     check_output_dir(out)
     try:
-        index = write_report(run, out) if other is None else write_compare(run, other, out)
+        index = write_report(run, out) if other is None else write_compare(run, other, out, rollout)
     except OSError as exc:
         raise UsageError(f"cannot write the report to {out}: {exc.strerror or exc} (pass -o DIR)") from None
     typer.echo(f"report: {index}")

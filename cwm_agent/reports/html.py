@@ -309,8 +309,9 @@ class CompareRow:
     b: Row | None
 
 
-def write_compare(run_a: RunFolder, run_b: RunFolder, out: Path) -> Path:
-    """Write both runs' reports under `out`/a and `out`/b and, in `out`/index.html, what differs."""
+def write_compare(run_a: RunFolder, run_b: RunFolder, out: Path, rollout: int = 0) -> Path:
+    """Write both runs' reports under `out`/a and `out`/b and, in `out`/index.html, what differs: the
+    instances whose patch rollout `rollout` (0: pass@1's) one run resolved and the other did not."""
     out.mkdir(parents=True, exist_ok=True)
     _copy_assets(out)
     write_report(run_a, out / "a")
@@ -324,7 +325,9 @@ def write_compare(run_a: RunFolder, run_b: RunFolder, out: Path) -> Path:
         figures.append((name, va, vb, delta))
 
     def rows_of(run: RunFolder, prefix: str) -> dict[str, Row]:
-        return {i.instance_id: _row(i, prefix + "/items/") for i in run.items if i.kind == "patch" and i.rollout == 0}
+        return {
+            i.instance_id: _row(i, prefix + "/items/") for i in run.items if i.kind == "patch" and i.rollout == rollout
+        }
 
     rows_a, rows_b = rows_of(run_a, "a"), rows_of(run_b, "b")
     ids = list(dict.fromkeys([*rows_a, *rows_b]))
@@ -339,6 +342,7 @@ def write_compare(run_a: RunFolder, run_b: RunFolder, out: Path) -> Path:
     html = _env.get_template("compare.html.j2").render(
         run_a=run_a,
         run_b=run_b,
+        rollout=rollout,
         figures=figures,
         only_a=only_a,
         only_b=only_b,
