@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -118,6 +119,35 @@ def test_items_spread_over_the_nodes_and_their_files_come_back(cluster, tmp_path
     assert table["assigned"] == [6, 6]
 
 
+def reporting_item(item: int, place) -> int:
+    """Reports three events a little apart, then keeps working a while."""
+    for event in range(3):
+        place.report(event)
+        time.sleep(0.2)
+    time.sleep(1.5)
+    return item
+
+
+def test_an_items_progress_reaches_the_driver_while_it_runs(cluster, tmp_path):
+    for executor in (RayExecutor(cluster.address), LocalExecutor()):
+        if isinstance(executor, RayExecutor):
+            executor.connect()
+
+        async def main(executor):
+            heard: list[tuple[int, float]] = []
+            await executor.open(tmp_path)
+            try:
+                result = await executor.submit(7, reporting_item, as_is, key="item-7",
+                                               on_event=lambda e: heard.append((e, time.monotonic())))  # fmt: skip
+                return result, heard, time.monotonic()
+            finally:
+                await executor.close()
+
+        result, heard, returned = asyncio.run(main(executor))
+        assert result == 7 and [event for event, _ in heard] == [0, 1, 2], executor.name
+        assert heard[0][1] < returned - 1.0, f"{executor.name}: the first event came only with the result"
+
+
 def test_a_node_without_docker_gets_no_work(cluster, tmp_path):
     blind = cluster.add_worker(env={**RAY_ENV, "DOCKER_HOST": "unix:///nonexistent/docker.sock"})
     try:
@@ -197,9 +227,12 @@ def test_a_batch_on_ray_writes_the_same_run_folder_as_locally_and_evaluates_the_
     assert local.returncode == 0, local.stderr
     before = len(a.generation_requests()), len(b.generation_requests())
     remote = swebench("run", *common, "--output", str(tmp_path / "ray"), "--executor", "ray",
-                      "--ray-address", cluster.address)  # fmt: skip
+                      "--ray-address", cluster.address, "--status-every", "0.5")  # fmt: skip
     assert remote.returncode == 0, remote.stderr
     assert "6/6 work items done" in remote.stdout
+    # The remote episodes' turns reached the display as they happened: tokens counted before the end.
+    processed = [int(n.replace(",", "")) for n in re.findall(r"tokens: ([\d,]+) processed", remote.stderr)]
+    assert processed and max(processed) > 0, remote.stderr
 
     assert comparable(tmp_path / "ray") == comparable(tmp_path / "local")
     for name in ("preds.jsonl", "preds/rollout-1.jsonl"):

@@ -25,8 +25,12 @@ Files. On a Ray worker an item writes into a temporary folder (`Place.out_dir`):
 written there turn by turn, and at the end it is returned as content with every other file the item
 wrote; the driver writes them into the run folder at the same relative paths before `submit`
 returns. So a run folder is the same whichever executor wrote it, and the nodes need no shared
-filesystem (the price: no live turn-by-turn display of remote items, and a trajectory crosses the
-object store once, a few MB for a long episode).
+filesystem (the price: a trajectory crosses the object store once, a few MB for a long episode).
+
+Progress. `submit(..., on_event=f)` gives the item a `Place.report`: each event it reports reaches `f`
+in the driver while the item runs (the live display's turns and tokens). On Ray the events go to a
+small feed actor on the head node, which the driver drains every half second and once more when the
+item ends, so every event of an item is handed over before its result is.
 
 Faults. A node lost mid-item (its raylet gone, its worker killed) fails the Ray task with a system
 error; Ray retries it on another node (`max_retries`), and when that is spent or the item was pinned
@@ -55,6 +59,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from cwm_agent.agent.trajectory import Turn
 from cwm_agent.errors import UserError
 from cwm_agent.model.endpoints import EndpointPool, LoadTable, LocalRouter, Router
 
@@ -81,6 +86,8 @@ class Place:
     """The run's shared model-endpoint router (see `cwm_agent.model.endpoints`)."""
     node: str = "local"
     """The host: `local`, or the Ray node id."""
+    report: Callable[[Any], None] | None = None
+    """Hands a progress event of this item to the driver's `on_event` (None: nobody listens)."""
 
 
 ItemFn = Callable[[Any, Any], Any]
@@ -105,11 +112,19 @@ class Executor(Protocol):
         `images`: every image name items may ask for (the Ray executor looks where they are)."""
 
     async def submit(
-        self, item: Any, fn: ItemFn, make_ctx: MakeCtx, *, key: str, images: Sequence[str] | None = None
+        self,
+        item: Any,
+        fn: ItemFn,
+        make_ctx: MakeCtx,
+        *,
+        key: str,
+        images: Sequence[str] | None = None,
+        on_event: Callable[[Any], None] | None = None,
     ) -> Any:
         """Run `fn(item, make_ctx(item, place))` and return its result, its files already under `out_dir`.
-        `images`: the names any one of which the item's sandbox needs (None: no need). An exception of
-        `fn` is raised here."""
+        `images`: the names any one of which the item's sandbox needs (None: no need). `on_event`: called
+        in this process with each event the item hands to `place.report`, all before this returns. An
+        exception of `fn` is raised here."""
 
     async def close(self) -> None: ...
 
@@ -135,11 +150,18 @@ class LocalExecutor:
         self._place = Place(out_dir=out_dir, router=self.router)
 
     async def submit(
-        self, item: Any, fn: ItemFn, make_ctx: MakeCtx, *, key: str, images: Sequence[str] | None = None
+        self,
+        item: Any,
+        fn: ItemFn,
+        make_ctx: MakeCtx,
+        *,
+        key: str,
+        images: Sequence[str] | None = None,
+        on_event: Callable[[Any], None] | None = None,
     ) -> Any:
         if self._place is None:
             raise RuntimeError("LocalExecutor.submit before open")
-        ctx = make_ctx(item, self._place)
+        ctx = make_ctx(item, self._place if on_event is None else replace(self._place, report=on_event))
         if inspect.iscoroutinefunction(fn):
             return await fn(item, ctx)
         return await asyncio.to_thread(fn, item, ctx)
@@ -194,15 +216,39 @@ class _RayRouter:
         self.actor.finished.remote(index, key)
 
 
-def _run_on_worker(fn: ItemFn, make_ctx: MakeCtx, item: Any, router: Any) -> _Shipped:
+class EventFeed:
+    """Run as a Ray actor: the items' progress events (key, event), in the order each item sent them,
+    until the driver drains them."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def put(self, key: str, event: Any) -> None:
+        self.events.append((key, event))
+
+    def drain(self) -> list[tuple[str, Any]]:
+        events, self.events = self.events, []
+        return events
+
+    def sync(self) -> None:
+        """Answered once every earlier `put` of the caller is in (an actor runs one caller's calls in order)."""
+
+
+def _run_on_worker(fn: ItemFn, make_ctx: MakeCtx, item: Any, router: Any, feed: Any, key: str | None) -> _Shipped:
     """The body of every Ray task: run the item in a temporary folder, return its result and files."""
     import ray
 
     started = time.monotonic()
     node = ray.get_runtime_context().get_node_id()
+    report = None if key is None else (lambda event: feed.put.remote(key, event))  # fire and forget
     with tempfile.TemporaryDirectory(prefix="cwm-item-") as tmp:
-        ctx = make_ctx(item, Place(out_dir=Path(tmp), router=_RayRouter(router), node=node))
+        ctx = make_ctx(item, Place(out_dir=Path(tmp), router=_RayRouter(router), node=node, report=report))
         result = asyncio.run(fn(item, ctx)) if inspect.iscoroutinefunction(fn) else fn(item, ctx)
+        if report is not None:
+            try:  # every event is in the feed before the result reaches the driver
+                ray.get(feed.sync.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - progress is advice: the result matters, not the last events
+                pass
         files = {p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
     return _Shipped(result=result, files=files, node=node, seconds=time.monotonic() - started)
 
@@ -290,6 +336,10 @@ class RayExecutor:
         self._slot_nodes = 0
         """Alive nodes with sandbox slots at `open` (when all are usable and hold an image, Ray places the item)."""
         self._out_dir: Path | None = None
+        self._feed: Any = None
+        self._listeners: dict[str, Callable[[Any], None]] = {}
+        self._poller: asyncio.Task | None = None
+        self._handing_over: asyncio.Lock | None = None
 
     @property
     def capacity(self) -> int | None:
@@ -393,8 +443,35 @@ class RayExecutor:
             .remote(endpoints)
         )
         self.router = _RayRouter(self._actor)
+        self._feed = (
+            ray.remote(num_cpus=0)(EventFeed)
+            .options(resources={"node:__internal_head__": 0.001}, max_restarts=-1, max_task_retries=-1)
+            .remote()
+        )
+        self._handing_over = asyncio.Lock()  # made here: each run (open) may be on an event loop of its own
+        self._poller = asyncio.create_task(self._poll_events())
         self.nodes = await asyncio.to_thread(self._take_census, sorted(set(images)))
         self._task = ray.remote(_run_on_worker)
+
+    async def _hand_over_events(self) -> None:
+        """Drain the feed and call each event's listener (an event of a finished item is dropped); one
+        hand-over at a time, so one that ends an item also waits for any in flight."""
+        assert self._handing_over is not None, "open() first"
+        async with self._handing_over:
+            try:
+                events = await self._feed.drain.remote()
+            except Exception as exc:  # noqa: BLE001 - progress is advice: a lost feed must not fail the run
+                log.warning("the progress feed did not answer (%s)", type(exc).__name__)
+                return
+            for key, event in events:
+                listener = self._listeners.get(key)
+                if listener is not None:
+                    listener(event)
+
+    async def _poll_events(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            await self._hand_over_events()
 
     def _pin(self, images: Sequence[str] | None) -> _Node | None:
         """The node to pin an item to; None: let Ray place it (every node with slots may run it)."""
@@ -407,7 +484,14 @@ class RayExecutor:
         return min(candidates, key=lambda n: (n.in_flight / n.slots, n.node_id))
 
     async def submit(
-        self, item: Any, fn: ItemFn, make_ctx: MakeCtx, *, key: str, images: Sequence[str] | None = None
+        self,
+        item: Any,
+        fn: ItemFn,
+        make_ctx: MakeCtx,
+        *,
+        key: str,
+        images: Sequence[str] | None = None,
+        on_event: Callable[[Any], None] | None = None,
     ) -> Any:
         if self._actor is None or self._out_dir is None:
             raise RuntimeError("RayExecutor.submit before open")
@@ -416,8 +500,10 @@ class RayExecutor:
             return await asyncio.shield(running)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._running[key] = future
+        if on_event is not None:
+            self._listeners[key] = on_event
         try:
-            result = await self._submit(item, fn, make_ctx, key, images)
+            result = await self._submit(item, fn, make_ctx, key, images, reports=on_event is not None)
         except BaseException as exc:
             if not future.done():
                 future.set_exception(exc)
@@ -428,8 +514,11 @@ class RayExecutor:
             return result
         finally:
             self._running.pop(key, None)
+            self._listeners.pop(key, None)
 
-    async def _submit(self, item: Any, fn: ItemFn, make_ctx: MakeCtx, key: str, images: Sequence[str] | None):
+    async def _submit(
+        self, item: Any, fn: ItemFn, make_ctx: MakeCtx, key: str, images: Sequence[str] | None, reports: bool
+    ) -> Any:
         ray = self._ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -454,7 +543,9 @@ class RayExecutor:
             if node is not None:
                 node.in_flight += 1
                 options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node.node_id, soft=False)
-            ref = self._task.options(**options).remote(fn, make_ctx, item, self._actor)
+            ref = self._task.options(**options).remote(
+                fn, make_ctx, item, self._actor, self._feed, key if reports else None
+            )
             try:
                 shipped: _Shipped = await ref
             except ray.exceptions.RayTaskError as exc:  # fn itself raised: raised here, as locally
@@ -476,6 +567,8 @@ class RayExecutor:
             finally:
                 if node is not None:
                     node.in_flight -= 1
+            if reports:
+                await self._hand_over_events()  # the item's last events before its result
             for rel, data in shipped.files.items():
                 _write_bytes_atomic(self._out_dir / rel, data)
             self.finished_on[shipped.node] = self.finished_on.get(shipped.node, 0) + 1
@@ -488,9 +581,13 @@ class RayExecutor:
         return self._ray.get(self._actor.snapshot.remote(), timeout=30)
 
     async def close(self) -> None:
-        if self._actor is not None:
-            self._ray.kill(self._actor)
-            self._actor = None
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
+        for actor in (self._actor, self._feed):
+            if actor is not None:
+                self._ray.kill(actor)
+        self._actor = self._feed = None
 
 
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -600,6 +697,13 @@ async def routed_work_item(item: Any, routed: tuple[RoutedContext, Place], pool:
     from cwm_agent.runs.work import ItemContext, run_work_item
 
     ctx, place = routed
+    on_turn = ctx.on_turn
+    if on_turn is None and place.report is not None:  # on another host: the driver's display hears of each turn
+        report = place.report
+
+        def on_turn(item: Any, turn: Turn) -> None:
+            report(Turn(index=turn.index, raw="", tokens=turn.tokens))  # what progress counts, not the text
+
     own = pool is None
     if pool is None:
         pool = EndpointPool(ctx.config.model, ctx.urls, place.router)
@@ -611,7 +715,7 @@ async def routed_work_item(item: Any, routed: tuple[RoutedContext, Place], pool:
                 trajectory_path=place.out_dir / ctx.trajectory,
                 run_id=ctx.run_id,
                 model=client,
-                on_turn=ctx.on_turn,
+                on_turn=on_turn,
             )
             return await run_work_item(item, item_ctx)
     finally:
@@ -638,8 +742,14 @@ def work_runner(executor: Executor, urls: Sequence[str], out_dir: Path) -> Calla
                 local_pool = EndpointPool(ctx.config.model, urls, executor.router)
             routed = replace(routed, on_turn=ctx.on_turn)
             return await routed_work_item(item, (routed, Place(out_dir=out_dir, router=executor.router)), local_pool)
+        on_turn = ctx.on_turn
         return await executor.submit(
-            item, routed_work_item, _Routed(routed), key=item.item_id, images=item_images(item)
+            item,
+            routed_work_item,
+            _Routed(routed),
+            key=item.item_id,
+            images=item_images(item),
+            on_event=None if on_turn is None else (lambda turn: on_turn(item, turn)),
         )
 
     return runner
