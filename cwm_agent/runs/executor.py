@@ -448,10 +448,10 @@ class RayExecutor:
             .options(resources={"node:__internal_head__": 0.001}, max_restarts=-1, max_task_retries=-1)
             .remote()
         )
-        self._handing_over = asyncio.Lock()  # made here: each run (open) may be on an event loop of its own
-        self._poller = asyncio.create_task(self._poll_events())
         self.nodes = await asyncio.to_thread(self._take_census, sorted(set(images)))
         self._task = ray.remote(_run_on_worker)
+        self._handing_over = asyncio.Lock()  # made here: each run (open) may be on an event loop of its own
+        self._poller = asyncio.create_task(self._poll_events())
 
     async def _hand_over_events(self) -> None:
         """Drain the feed and call each event's listener (an event of a finished item is dropped); one
