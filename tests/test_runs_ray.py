@@ -119,33 +119,47 @@ def test_items_spread_over_the_nodes_and_their_files_come_back(cluster, tmp_path
     assert table["assigned"] == [6, 6]
 
 
-def reporting_item(item: int, place) -> int:
-    """Reports three events a little apart, then keeps working a while."""
+def reporting_item(folder: str, place) -> bool:
+    """Reports three events and after each waits (at most 30 s) until the driver says it heard it:
+    True when it heard every one while still running."""
+    heard_all = True
     for event in range(3):
         place.report(event)
-        time.sleep(0.2)
-    time.sleep(1.5)
-    return item
+        flag = Path(folder) / f"heard-{event}"
+        deadline = time.monotonic() + 30
+        while not flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        heard_all = heard_all and flag.exists()
+    return heard_all
+
+
+def progress_of_one_item(executor, folder: Path) -> tuple[bool, list[int]]:
+    """`reporting_item` through `executor`: whether it heard back each event while running, and the
+    events the driver heard."""
+    folder.mkdir()
+    got: list[int] = []
+
+    def heard(event: int) -> None:
+        got.append(event)
+        (folder / f"heard-{event}").touch()
+
+    async def main() -> bool:
+        await executor.open(folder)
+        try:
+            return await executor.submit(str(folder), reporting_item, as_is, key="item", on_event=heard)
+        finally:
+            await executor.close()
+
+    return asyncio.run(main()), got
 
 
 def test_an_items_progress_reaches_the_driver_while_it_runs(cluster, tmp_path):
-    for executor in (RayExecutor(cluster.address), LocalExecutor()):
-        if isinstance(executor, RayExecutor):
-            executor.connect()
-
-        async def main(executor):
-            heard: list[tuple[int, float]] = []
-            await executor.open(tmp_path)
-            try:
-                result = await executor.submit(7, reporting_item, as_is, key="item-7",
-                                               on_event=lambda e: heard.append((e, time.monotonic())))  # fmt: skip
-                return result, heard, time.monotonic()
-            finally:
-                await executor.close()
-
-        result, heard, returned = asyncio.run(main(executor))
-        assert result == 7 and [event for event, _ in heard] == [0, 1, 2], executor.name
-        assert heard[0][1] < returned - 1.0, f"{executor.name}: the first event came only with the result"
+    ray_executor = RayExecutor(cluster.address)
+    ray_executor.connect()
+    for executor in (ray_executor, LocalExecutor()):
+        while_running, got = progress_of_one_item(executor, tmp_path / executor.name)
+        assert while_running, f"{executor.name}: an event reached the driver only with the result"
+        assert got == [0, 1, 2], executor.name
 
 
 def test_a_node_without_docker_gets_no_work(cluster, tmp_path):
