@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from gold_policy import GoldPolicy
+from terminal import open_terminal, read_until_exit
 
 from cwm_agent.agent.trajectory import Trajectory
 from cwm_agent.model.scripted_server import ScriptedServer
@@ -239,42 +240,22 @@ def test_a_dead_model_server_stops_the_batch_with_exit_4(local_images, tmp_path)
 def test_in_a_terminal_the_run_shows_its_running_items_live(model, tmp_path):
     """`swebench run` in a pseudo-terminal: the block names the running items with their turn, its clock
     moves, and the summary follows; no traceback, no status line spam."""
-    import fcntl
-    import pty
-    import select
-    import struct
-    import termios
 
     server, _ = model
     server.latency = 0.4
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    master, slave = open_terminal(120, 30)
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
     args = ["swebench", "run", "--dataset", str(INSTANCES_FILE), "--output", str(tmp_path / "run"),
             "--model-url", server.url, "--workers", "2"]  # fmt: skip
     proc = subprocess.Popen([*cli(), *args], stdin=slave, stdout=slave, stderr=slave, env={**env, "TERM": "xterm"})
     _launched.append(proc.pid)
     os.close(slave)
-    chunks = []
-    deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-            elif proc.poll() is not None:
-                break
+        screen = read_until_exit(master, proc, 120)
         proc.wait(timeout=30)
     finally:
         server.latency = 0.0
         os.close(master)
-    screen = b"".join(chunks).decode("utf-8", errors="replace")
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)
     assert proc.returncode == 0, text
     assert re.search(r"cwm-local__\S+ +turn +[1-4] +0:00:0\d", text), text

@@ -6,19 +6,14 @@ it is shown, so whatever changes on screen was drawn by the display's own timer.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
 import re
-import select
-import struct
 import subprocess
 import sys
-import termios
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from terminal import open_terminal, read_until_exit
 
 SHOW = r"""
 import asyncio, sys
@@ -55,31 +50,17 @@ def _env() -> dict[str, str]:
 
 def in_pty(columns: int, seconds: float) -> str:
     """Everything the display wrote to a terminal `columns` wide."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    master, slave = open_terminal(columns, 24)
     proc = subprocess.Popen(
         [sys.executable, "-c", SHOW, str(seconds)], stdin=slave, stdout=slave, stderr=slave, env=_env(),
         close_fds=True,
     )  # fmt: skip
     os.close(slave)
-    chunks = []
-    deadline = time.monotonic() + seconds + 20
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif proc.poll() is not None:
-            break
+    screen = read_until_exit(master, proc, seconds + 20)
     proc.wait(timeout=10)
     os.close(master)
-    assert proc.returncode == 0, b"".join(chunks).decode(errors="replace")
-    return b"".join(chunks).decode("utf-8", errors="replace")
+    assert proc.returncode == 0, screen
+    return screen
 
 
 def in_pipe(seconds: float) -> subprocess.CompletedProcess:
