@@ -396,13 +396,13 @@ def _appended_records(path: Path, poll: float, on_wait: Callable[[], None] | Non
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
-            if line.strip():
-                try:
-                    yield _records.validate_python(json.loads(line))
-                except ValueError:
-                    raise ShowError(
-                        f"{path}: a line is not a trajectory record; is this a cwm-agent trajectory?"
-                    ) from None
+            if not line.strip():
+                continue
+            try:
+                record = _records.validate_python(json.loads(line))
+            except ValueError:
+                raise ShowError(f"{path}: a line is not a trajectory record; is this a cwm-agent trajectory?") from None
+            yield record
         if not lines and not waited and on_wait is not None:
             on_wait()
             waited = True
